@@ -1,0 +1,1 @@
+"""Actuators: the only code that starts, stops or counts replicas in an outside system."""
