@@ -1,0 +1,1 @@
+"""Workers: the seeded checkpoints, composing and running vLLM servers, the simulated worker."""
