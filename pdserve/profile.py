@@ -219,6 +219,11 @@ class KubernetesActuatorSpec(Strict):
     deployment_prefix: str = Field("pdserve", description="Deployment is '<prefix>-<pool>'.")
     pool_label: str = Field("pdserve.io/pool", description="Label the pool's pods carry.")
     port: int = Field(8000, ge=1, le=65535, description="Worker container port.")
+    manage_replicas: bool = Field(
+        True,
+        description="Patch each pool's scale subresource; false when KEDA or an operator owns the "
+        "replica count (the gateway then only discovers pods).",
+    )
 
 
 class RayActuatorSpec(Strict):
