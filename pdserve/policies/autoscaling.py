@@ -34,7 +34,7 @@ class AutoscaleState:
     recommendations: tuple[Sample, ...] = ()  # pre-delay targets within the scale-down delay
     panic_since: float | None = None  # when the current panic started
     panic_trigger: float | None = None  # last time the panic condition held
-    panic_peak: int = 0  # highest target while panicking (a panic never scales down)
+    panic_peak: int = 0  # highest decision while panicking (a panic never scales down)
     up_since: float | None = None  # target has been above current since then
     down_since: float | None = None  # target has been below current since then
     idle_since: float | None = None  # no request queued or in the pool since then
@@ -131,6 +131,8 @@ def apply_limits(
     step = _rate_limits(step, current, scaling)
     step, state = _scale_to_zero(step, state, snapshot, pool)
     step = _bounds(step, snapshot, pool)
+    if state.panic_since is not None:
+        state = replace(state, panic_peak=max(state.panic_peak, step.target))
     decision = ScaleDecision(
         pool=snapshot.pool,
         desired=step.target,
@@ -171,7 +173,7 @@ def _panic(
         f"{'>=' if triggered else '<'} {_num(scaling.panic_threshold)} x {capacity} ready -> "
         f"{panic_target}, never below {max(state.panic_peak, snapshot.current)} -> {target}"
     )
-    return step.then(target, note), replace(state, panic_peak=target)
+    return step.then(target, note), state
 
 
 def _delays(
