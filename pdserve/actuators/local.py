@@ -1,0 +1,158 @@
+"""Replicas as `pdserve worker` processes on this machine (the actuator of `pdserve up`).
+
+Each replica gets a free HTTP port, its own NIXL side-channel port and, on CPU, a core from its
+pool's `cores` (the least used one). It runs in a new session, so stopping it (SIGTERM, then
+SIGKILL after a bound) takes its whole process group: no orphans, no leftover ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pdserve.actuators.base import ReplicaHandle
+from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
+from pdserve.profile import Profile
+
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalReplica:
+    handle: ReplicaHandle
+    process: asyncio.subprocess.Process
+    core: int | None
+
+
+def worker_command(
+    profile_path: Path, pool: str, port: int, side_channel_port: int, core: int | None
+) -> list[str]:
+    command = [sys.executable, "-m", "pdserve.cli", "worker", "--profile", str(profile_path)]
+    command += ["--pool", pool, "--port", str(port), "--side-channel-port", str(side_channel_port)]
+    if core is not None:
+        command += ["--cores", str(core)]
+    return command
+
+
+class LocalActuator:
+    def __init__(
+        self,
+        profile: Callable[[], Profile],
+        host: str = "127.0.0.1",
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._profile = profile
+        self._host = host
+        self._stop_timeout_s = stop_timeout_s
+        self._workdir = tempfile.TemporaryDirectory(prefix="pdserve-local-")
+        self._log_dir = log_dir or Path(self._workdir.name)
+        self._replicas: dict[str, dict[str, LocalReplica]] = {}
+        self._ids = itertools.count(1)
+
+    async def replicas(self, pool: str) -> list[ReplicaHandle]:
+        return [self._handle(r) for r in self._replicas.get(pool, {}).values()]
+
+    @staticmethod
+    def _handle(replica: LocalReplica) -> ReplicaHandle:
+        alive = replica.process.returncode is None
+        if alive == replica.handle.alive:
+            return replica.handle
+        h = replica.handle
+        return ReplicaHandle(h.id, h.pool, h.url, alive, h.started_at, h.labels)
+
+    async def scale(self, pool: str, desired: int, victims: list[str]) -> None:
+        members = self._replicas.setdefault(pool, {})
+        await asyncio.gather(*(self._stop(members.pop(v)) for v in victims if v in members))
+        while len(members) > desired:
+            newest = max(members.values(), key=lambda r: r.handle.started_at)
+            await self._stop(members.pop(newest.handle.id))
+        while len(members) < desired:
+            replica = await self._launch(pool)
+            members[replica.handle.id] = replica
+
+    async def close(self) -> None:
+        everything = [r for members in self._replicas.values() for r in members.values()]
+        self._replicas.clear()
+        await asyncio.gather(*(self._stop(r) for r in everything))
+        self._workdir.cleanup()
+
+    def pids(self) -> list[int]:
+        return [r.process.pid for m in self._replicas.values() for r in m.values()]
+
+    def _profile_file(self, profile: Profile) -> Path:
+        text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+        digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+        path = Path(self._workdir.name) / f"{profile.name}-{digest}.yaml"
+        if not path.exists():
+            path.write_text(text)
+        return path
+
+    def _pick_core(self, profile: Profile, pool: str) -> int | None:
+        cores = profile.pools[pool].cores
+        if not cores:
+            return None
+        used = Counter(r.core for r in self._replicas.get(pool, {}).values())
+        return min(cores, key=lambda c: (used[c], cores.index(c)))
+
+    async def _launch(self, pool: str) -> LocalReplica:
+        profile = self._profile()
+        core = self._pick_core(profile, pool)
+        port = free_port(self._host)
+        replica_id = f"{pool}-{next(self._ids)}"
+        command = worker_command(
+            self._profile_file(profile), pool, port, free_port(self._host), core
+        )
+        log_file = (self._log_dir / f"{replica_id}.log").open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        labels = {SPEC_LABEL: worker_spec_key(profile, pool), "log": str(log_file.name)}
+        handle = ReplicaHandle(
+            replica_id, pool, f"http://{self._host}:{port}", True, time.monotonic(), labels
+        )
+        return LocalReplica(handle, process, core)
+
+    async def _stop(self, replica: LocalReplica) -> None:
+        process = replica.process
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self._stop_timeout_s)
+            except TimeoutError:
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        # children left in the group after the leader exited
+        _signal_group(process.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,253 @@
+"""The pool manager: every pool's replicas, their health, hold queues, scaling and profile switch.
+
+The gateway asks it for a replica (`acquire`/`release`); the autoscaler reads `snapshot` and
+calls `scale_to`; a refresh loop keeps each replica's observations current from its actuator,
+/health and /metrics. Replica state is always derived (`pools.replica.replica_state`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import httpx
+
+from pdserve.actuators.base import Actuator
+from pdserve.policies.picking import pick
+from pdserve.policies.types import ScaleDecision
+from pdserve.pools.hold import Overloaded
+from pdserve.pools.pool import Pool, drain_victims, wait_drained
+from pdserve.pools.replica import Replica, ReplicaState, replica_state
+from pdserve.pools.scraper import probe_all
+from pdserve.pools.snapshot import PoolSnapshot
+from pdserve.pools.switch import ProfileSwitch
+from pdserve.pools.workerspec import worker_spec_key
+from pdserve.profile import Profile
+
+log = logging.getLogger(__name__)
+
+StartupObserver = Callable[[str, float], None]
+
+
+class NoReplica(Exception):
+    """No ready replica within the hold timeout (HTTP 503)."""
+
+
+__all__ = ["NoReplica", "Overloaded", "PoolManager"]
+
+
+class PoolManager:
+    def __init__(
+        self,
+        profile: Profile,
+        actuator: Actuator,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+        on_startup: StartupObserver | None = None,
+    ) -> None:
+        self.profile = profile  # the active profile: routing and pool names follow it
+        self.actuator = actuator
+        self.client = client
+        self.clock = clock
+        self.on_startup = on_startup
+        self.demand = asyncio.Event()
+        self.pools: dict[str, Pool] = {}
+        self.switch = ProfileSwitch(self)
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def launch_profile(self) -> Profile:
+        """The profile new workers are launched with: the pending one during a switch."""
+        return self.switch.pending or self.profile
+
+    def _new_pool(self, profile: Profile, name: str) -> Pool:
+        queue_limit = profile.gateway.max_queued_per_pool
+        return Pool(name, profile.pools[name], worker_spec_key(profile, name), queue_limit)
+
+    async def start(self) -> None:
+        for name in self.profile.pools:
+            pool = self._new_pool(self.profile, name)
+            self.pools[name] = pool
+            await self.actuator.scale(name, pool.desired, [])
+        await self.refresh()
+        self._loop_task = asyncio.create_task(self._refresh_loop())
+
+    async def close(self) -> None:
+        await self.switch.cancel()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    # --- the autoscaler's interface -------------------------------------------------------
+
+    def pool_names(self) -> list[str]:
+        return [name for name in self.profile.pools if name in self.pools]
+
+    def snapshot(self, pool: str, now: float) -> PoolSnapshot:
+        p = self.pools[pool]
+        ready = [r for r in p.replicas.values() if replica_state(r) is ReplicaState.ready]
+        replicas = list(p.replicas.values())
+        return PoolSnapshot(
+            pool=pool,
+            now=now,
+            ready=len(ready),
+            starting=p.count(ReplicaState.starting),
+            draining=p.count(ReplicaState.draining),
+            queued_requests=len(p.queue),
+            queued_prompt_tokens=p.queue.tokens + sum(r.inflight_prompt_tokens for r in replicas),
+            running=sum(r.running for r in replicas),
+            waiting=sum(r.waiting for r in replicas),
+            inflight=sum(r.inflight for r in replicas),
+            kv_usage_max=max((r.kv_usage for r in ready), default=0.0),
+            prefill_tokens_per_s=p.prefill_tokens_per_s,
+        )
+
+    def record_decision(self, decision: ScaleDecision) -> None:
+        pool = self.pools.get(decision.pool)
+        if pool is not None:
+            pool.decisions.append(decision)
+
+    async def scale_to(self, decision: ScaleDecision) -> None:
+        self.record_decision(decision)
+        pool = self.pools.get(decision.pool)
+        if pool is None or self.switch.pending is not None:
+            return  # a profile switch owns the pools' sizes until it completes
+        async with pool.lock:
+            pool.desired = decision.desired
+            members = pool.members()
+            if decision.desired >= len(members):
+                await self.actuator.scale(pool.name, decision.desired, [])
+                return
+            victims = drain_victims(pool, len(members) - decision.desired)
+            await self.drain_and_remove(pool, victims, decision.desired)
+
+    async def drain_and_remove(self, pool: Pool, victims: list[Replica], desired: int) -> None:
+        """Stop sending to the victims, let their in-flight requests finish, then remove them."""
+        for victim in victims:
+            victim.draining = True
+        if not await wait_drained(victims, pool.spec.scaling.drain_timeout_s):
+            log.warning(
+                "pool %s: drain timed out, removing replicas with requests in flight", pool.name
+            )
+        await self.actuator.scale(pool.name, desired, [v.id for v in victims])
+        for victim in victims:
+            pool.replicas.pop(victim.id, None)
+
+    # --- the gateway's interface ----------------------------------------------------------
+
+    async def acquire(
+        self,
+        pool_name: str,
+        *,
+        priority: int = 0,
+        prompt_tokens: int = 0,
+        affinity_key: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> Replica:
+        """A ready replica of the pool (counted in flight), holding the request until one is.
+
+        Raises `Overloaded` when the hold queue is full and `NoReplica` after the hold timeout.
+        """
+        pool = self.pools[pool_name]
+        timeout_s = self.profile.gateway.queue_timeout_s
+        deadline = self.clock() + timeout_s
+        excluded = set(exclude)
+        while True:
+            replica = self._pick(pool, affinity_key, excluded)
+            if replica is not None:
+                replica.inflight += 1
+                replica.inflight_prompt_tokens += prompt_tokens
+                return replica
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise NoReplica(f"no ready replica in pool {pool_name} within {timeout_s:g} s")
+            held = pool.queue.hold(priority, prompt_tokens)
+            self.demand.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(held.future), remaining)
+            except TimeoutError:
+                raise NoReplica(
+                    f"no ready replica in pool {pool_name} within {timeout_s:g} s"
+                ) from None
+            finally:
+                pool.queue.remove(held)
+
+    def _pick(self, pool: Pool, affinity_key: str | None, exclude: set[str]) -> Replica | None:
+        candidates = pool.serving(exclude)
+        if not candidates:
+            return None
+        routing = self.profile.routing
+        chosen, pool.picker_state = pick(
+            routing.picker,
+            [r.load() for r in candidates],
+            pool.picker_state,
+            affinity_key,
+            routing.prefix_affinity_load_cap,
+        )
+        return next(r for r in candidates if r.id == chosen)
+
+    def release(self, replica: Replica, prompt_tokens: int = 0) -> None:
+        replica.inflight = max(0, replica.inflight - 1)
+        replica.inflight_prompt_tokens = max(0, replica.inflight_prompt_tokens - prompt_tokens)
+
+    def ready_count(self, pool_name: str) -> int:
+        pool = self.pools.get(pool_name)
+        return len(pool.serving()) if pool is not None else 0
+
+    # --- keeping observations current -----------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.profile.gateway.metrics_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # the loop must outlive one bad round
+                log.exception("pool refresh failed")
+
+    async def refresh(self) -> None:
+        """One round: sync with the actuator, probe every replica, replace dead ones."""
+        for pool in list(self.pools.values()):
+            await self._sync(pool)
+        replicas = [r for p in self.pools.values() for r in p.replicas.values()]
+        await probe_all(self.client, replicas)
+        now = self.clock()
+        for pool in list(self.pools.values()):
+            self._note_startups(pool, now)
+            if pool.serving():
+                pool.queue.release_all()
+            await self._replace_dead(pool)
+        await self.switch.advance()
+
+    async def _sync(self, pool: Pool) -> None:
+        handles = {h.id: h for h in await self.actuator.replicas(pool.name)}
+        for replica_id, handle in handles.items():
+            known = pool.replicas.get(replica_id)
+            if known is None:
+                pool.replicas[replica_id] = Replica(handle=handle, alive=handle.alive)
+            else:
+                known.handle = handle
+                known.alive = handle.alive
+        for replica_id in [rid for rid in pool.replicas if rid not in handles]:
+            pool.replicas.pop(replica_id)
+
+    def _note_startups(self, pool: Pool, now: float) -> None:
+        for replica in pool.replicas.values():
+            if replica.ever_healthy and replica.labels.get("startup") is None:
+                replica.labels["startup"] = "seen"
+                if self.on_startup is not None and replica.handle.started_at > 0:
+                    self.on_startup(pool.name, max(0.0, now - replica.handle.started_at))
+
+    async def _replace_dead(self, pool: Pool) -> None:
+        dead = [r for r in pool.replicas.values() if not r.alive and not r.draining]
+        if not dead or pool.lock.locked():
+            return
+        async with pool.lock:
+            log.warning("pool %s: replacing dead replicas %s", pool.name, [r.id for r in dead])
+            size = len(pool.members()) + len(dead)
+            await self.actuator.scale(pool.name, size, [r.id for r in dead])
+            for replica in dead:
+                pool.replicas.pop(replica.id, None)

@@ -1,0 +1,82 @@
+"""One pool's replicas, hold queue, picker state and recent scale decisions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+from pdserve.policies.picking import PickerState
+from pdserve.policies.types import ScaleDecision
+from pdserve.pools.hold import HoldQueue
+from pdserve.pools.replica import Replica, ReplicaState, replica_state
+from pdserve.pools.workerspec import SPEC_LABEL
+from pdserve.profile import PoolSpec
+
+RECENT_DECISIONS = 20
+
+
+class Pool:
+    def __init__(self, name: str, spec: PoolSpec, spec_key: str, queue_limit: int) -> None:
+        self.name = name
+        self.spec = spec
+        self.spec_key = spec_key  # the generation that serves; others are starting or leaving
+        self.replicas: dict[str, Replica] = {}
+        self.queue = HoldQueue(queue_limit)
+        self.desired = spec.replicas.start
+        self.picker_state = PickerState()
+        self.decisions: deque[ScaleDecision] = deque(maxlen=RECENT_DECISIONS)
+        self.lock = asyncio.Lock()  # one actuator change at a time
+        self.prefill_tokens_per_s: float | None = None
+
+    def of_generation(self, replica: Replica, key: str | None = None) -> bool:
+        label = replica.handle.labels.get(SPEC_LABEL)
+        return label is None or label == (key or self.spec_key)
+
+    def serving(self, exclude: Iterable[str] = ()) -> list[Replica]:
+        """Ready replicas of the serving generation that a new request may go to."""
+        skip = set(exclude)
+        return [
+            r
+            for r in self.replicas.values()
+            if r.id not in skip and replica_state(r) is ReplicaState.ready and self.of_generation(r)
+        ]
+
+    def count(self, state: ReplicaState) -> int:
+        return sum(1 for r in self.replicas.values() if replica_state(r) is state)
+
+    def state_counts(self) -> dict[str, int]:
+        return {state.value: self.count(state) for state in ReplicaState}
+
+    def members(self) -> list[Replica]:
+        """Replicas that count towards the pool's size: alive and not draining."""
+        return [r for r in self.replicas.values() if r.alive and not r.draining]
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """Exponential average of one replica's measured prefill throughput."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        previous = self.prefill_tokens_per_s
+        self.prefill_tokens_per_s = rate if previous is None else 0.8 * previous + 0.2 * rate
+
+
+def drain_victims(pool: Pool, count: int) -> list[Replica]:
+    """Starting replicas first (no work to lose), then the least-loaded ready ones."""
+    members = pool.members()
+
+    def order(r: Replica) -> tuple[int, int, str]:
+        return (0 if replica_state(r) is ReplicaState.starting else 1, r.load().load, r.id)
+
+    return sorted(members, key=order)[:count]
+
+
+async def wait_drained(replicas: list[Replica], timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Until none of `replicas` has a request in flight, or the timeout; True when drained."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(r.inflight > 0 for r in replicas):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True

@@ -1,0 +1,115 @@
+"""A live profile switch, in three steps driven by the pool manager's refresh loop.
+
+1. `begin(new)`: pools the new profile adds, and pools whose worker spec changed, start a new
+   generation of workers beside the old; pools kept with the same spec are reused as they are.
+2. While any pool the new profile needs has no ready replica of its generation, requests keep
+   following the old profile (no 503 while a new pool starts).
+3. Then the new profile becomes active: new requests follow it, in-flight ones finish where
+   they started, and old-generation replicas and dropped pools are drained, then stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from pdserve.pools.workerspec import worker_spec_key
+from pdserve.profile import Profile
+
+if TYPE_CHECKING:
+    from pdserve.pools.manager import PoolManager
+    from pdserve.pools.pool import Pool
+    from pdserve.pools.replica import Replica
+
+log = logging.getLogger(__name__)
+
+
+class SwitchInProgress(Exception):
+    """Another profile switch has not completed yet."""
+
+
+class ProfileSwitch:
+    def __init__(self, manager: PoolManager) -> None:
+        self.manager = manager
+        self.pending: Profile | None = None
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def begin(self, new: Profile) -> None:
+        if self.pending is not None:
+            raise SwitchInProgress(f"switch to {self.pending.name} is still in progress")
+        manager = self.manager
+        self.pending = new
+        for name in new.pools:
+            key = worker_spec_key(new, name)
+            pool = manager.pools.get(name)
+            if pool is None:
+                pool = manager._new_pool(new, name)
+                manager.pools[name] = pool
+                async with pool.lock:
+                    await manager.actuator.scale(name, pool.desired, [])
+            elif pool.spec_key != key:
+                async with pool.lock:
+                    size = len(pool.members()) + new.pools[name].replicas.start
+                    await manager.actuator.scale(name, size, [])
+        await self.advance()
+
+    def _ready(self, new: Profile) -> bool:
+        for name, spec in new.pools.items():
+            pool = self.manager.pools[name]
+            key = worker_spec_key(new, name)
+            wanted = spec.replicas.start
+            ready = [
+                r
+                for r in pool.replicas.values()
+                if pool.of_generation(r, key) and r.healthy and r.alive and not r.draining
+            ]
+            if wanted > 0 and not ready:
+                return False
+        return True
+
+    async def advance(self) -> None:
+        """Complete the switch once every pool the new profile needs can serve."""
+        new = self.pending
+        if new is None or not self._ready(new):
+            return
+        manager = self.manager
+        for name, spec in new.pools.items():
+            pool = manager.pools[name]
+            old_key, pool.spec_key, pool.spec = pool.spec_key, worker_spec_key(new, name), spec
+            pool.queue.limit = new.gateway.max_queued_per_pool
+            if old_key != pool.spec_key:
+                old = [r for r in pool.members() if not pool.of_generation(r)]
+                pool.desired = spec.replicas.start
+                self._spawn(self._retire(pool, old, len(pool.members()) - len(old)))
+        for name in [n for n in manager.pools if n not in new.pools]:
+            pool = manager.pools[name]
+            self._spawn(self._retire(pool, pool.members(), 0, drop=True))
+        manager.profile = new
+        self.pending = None
+        log.info("profile %s is active", new.name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _retire(
+        self, pool: Pool, victims: list[Replica], desired: int, drop: bool = False
+    ) -> None:
+        async with pool.lock:
+            await self.manager.drain_and_remove(pool, victims, desired)
+        if (
+            drop
+            and self.manager.pools.get(pool.name) is pool
+            and pool.name not in (self.manager.profile.pools)
+        ):
+            del self.manager.pools[pool.name]
+
+    async def cancel(self) -> None:
+        for task in list(self._drains):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
