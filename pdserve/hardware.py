@@ -126,22 +126,23 @@ class ModelCost:
 
 
 # pdserve's seeded checkpoints (pdserve.workers.checkpoint): float32 Llama-architecture models.
-# tiny: about 5M parameters; small: 16 layers, hidden 1024, about 190M parameters (DESIGN.md).
-# kv_bytes_per_token = 2 (K, V) x layers x kv_heads x head_dim x 4 bytes.
+# Sizes from pdserve.workers.checkpoint.SHAPES (vocab 264): tiny is hidden 256, 4 layers, 2 KV
+# heads of 64 (about 3.3M parameters); small is hidden 1024, 16 layers, 4 KV heads of 64 (about
+# 192M). kv_bytes_per_token = 2 (K, V) x layers x kv_heads x head_dim x 4 bytes.
 TINY = ModelCost(
     name="tiny",
-    params=5e6,
+    params=3.3e6,
     layers=4,
     hidden=256,
-    kv_bytes_per_token=2 * 4 * 256 * 4,
+    kv_bytes_per_token=2 * 4 * 2 * 64 * 4,
     bytes_per_param=4,
 )
 SMALL = ModelCost(
     name="small",
-    params=190e6,
+    params=192e6,
     layers=16,
     hidden=1024,
-    kv_bytes_per_token=2 * 16 * 1024 * 4,
+    kv_bytes_per_token=2 * 16 * 4 * 64 * 4,
     bytes_per_param=4,
 )
 # Llama 3.1 8B: 8.03B parameters, 32 layers, hidden 4096, 8 KV heads x head_dim 128 (GQA)

