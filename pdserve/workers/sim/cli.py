@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pdserve.workers.sim.engine import Faults
+
+if TYPE_CHECKING:
+    from pdserve.profile import Profile
 
 ENV_PREFIX = "PDSERVE_SIM_FAULT_"
 # fault name -> (flag, help, value when the flag is given bare)
@@ -81,4 +85,87 @@ def faults_from(
         cold_start_s=values.get("cold_start_s", 0.0),
         hang=values.get("hang", 0.0) > 0,
         refuse=values.get("refuse", 0.0) > 0,
+    )
+
+
+def _check_fault_keys(profile_faults: Mapping[str, float]) -> None:
+    unknown = sorted(set(profile_faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"sim_faults: unknown key(s) {unknown}; known: {sorted(FAULTS)}")
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Everything one simulated worker needs, resolved from flags and an optional profile."""
+
+    role: str
+    host: str
+    port: int
+    served_model: str
+    max_model_len: int
+    timing: str
+    accelerator: str | None
+    time_scale: float
+    faults: Faults
+    kv_load_failure_policy: Literal["recompute", "fail"]
+    kv_lease_s: float
+
+
+def _pick(flag: Any, fallback: Any) -> Any:
+    return fallback if flag is None else flag
+
+
+def settings_from(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> SimSettings:
+    """Explicit mode reads the flags; profile mode (`--profile P --pool X`) reads the profile's
+    engine, pool and kv_transfer sections, and a sim flag given on the command line wins."""
+    profile_name = getattr(args, "profile", None)
+    if profile_name:
+        from pdserve import profile as profiles
+
+        return _from_profile(args, profiles.load(profile_name), environ)
+    policy: Literal["recompute", "fail"] = (
+        "fail" if getattr(args, "kv_load_failure_policy", None) == "fail" else "recompute"
+    )
+    lease = _pick(getattr(args, "kv_lease_s", None), getattr(args, "block_lease_s", None))
+    return SimSettings(
+        role=getattr(args, "role", None) or "both",
+        host=getattr(args, "host", None) or "127.0.0.1",
+        port=int(getattr(args, "port", None) or 8000),
+        served_model=str(
+            getattr(args, "served_model_name", None) or getattr(args, "model", None) or "tiny"
+        ),
+        max_model_len=int(getattr(args, "max_model_len", None) or 2048),
+        timing=getattr(args, "timing", None) or "vllm-cpu-tiny",
+        accelerator=getattr(args, "accelerator", None),
+        time_scale=float(getattr(args, "time_scale", None) or 1.0),
+        faults=faults_from(args, environ),
+        kv_load_failure_policy=policy,
+        kv_lease_s=float(lease or 30.0),
+    )
+
+
+def _from_profile(
+    args: argparse.Namespace, loaded: Profile, environ: Mapping[str, str] | None
+) -> SimSettings:
+    pool_name = getattr(args, "pool", None)
+    if pool_name not in loaded.pools:
+        raise ValueError(f"--pool must name one of the profile's pools: {list(loaded.pools)}")
+    pool = loaded.pools[pool_name]
+    _check_fault_keys(pool.sim_faults)
+    return SimSettings(
+        role=pool.role.value,
+        host=getattr(args, "host", None) or loaded.gateway.host,
+        port=int(getattr(args, "port", None) or loaded.actuator.base_port),
+        served_model=loaded.model.name,
+        max_model_len=loaded.model.max_model_len,
+        timing=_pick(getattr(args, "timing", None), loaded.engine.sim_timing),
+        accelerator=_pick(getattr(args, "accelerator", None), pool.accelerator),
+        time_scale=float(_pick(getattr(args, "time_scale", None), loaded.engine.sim_time_scale)),
+        faults=faults_from(args, environ, pool.sim_faults),
+        kv_load_failure_policy=loaded.kv_transfer.kv_load_failure_policy,
+        kv_lease_s=float(
+            _pick(getattr(args, "kv_lease_s", None), loaded.kv_transfer.block_lease_s)
+        ),
     )

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve.workers.sim import kv, protocol
-from pdserve.workers.sim.cli import faults_from
+from pdserve.workers.sim.cli import SimSettings, settings_from
 from pdserve.workers.sim.engine import Engine, Faults
 from pdserve.workers.sim.metrics import SimMetrics
 from pdserve.workers.sim.protocol import ApiError, ParsedRequest
@@ -151,17 +152,16 @@ def create_app(config: WorkerConfig, timing: Timing, time_scale: float, faults: 
     return HangGate(app, faults.hang)
 
 
-def _config(args: argparse.Namespace) -> WorkerConfig:
-    served = getattr(args, "served_model_name", None) or getattr(args, "model", None) or "tiny"
+def _config(settings: SimSettings) -> WorkerConfig:
     return WorkerConfig(
-        served_model=str(served),
-        model_root=str(getattr(args, "model_path", None) or served),
-        host=getattr(args, "host", None) or "127.0.0.1",
-        port=int(getattr(args, "port", None) or 8000),
-        role=str(getattr(args, "role", None) or "both"),
-        max_model_len=int(getattr(args, "max_model_len", None) or 2048),
-        kv_load_failure_policy=getattr(args, "kv_load_failure_policy", None) or "recompute",
-        kv_lease_s=float(getattr(args, "kv_lease_s", None) or 30.0),
+        served_model=settings.served_model,
+        model_root=settings.served_model,
+        host=settings.host,
+        port=settings.port,
+        role=settings.role,
+        max_model_len=settings.max_model_len,
+        kv_load_failure_policy=settings.kv_load_failure_policy,
+        kv_lease_s=settings.kv_lease_s,
     )
 
 
@@ -184,14 +184,15 @@ async def _serve(config: WorkerConfig, app: ASGIApp, faults: Faults, time_scale:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve one simulated worker until interrupted."""
-    config = _config(args)
-    timing = load_timing(
-        getattr(args, "timing", None) or "vllm-cpu-tiny", getattr(args, "accelerator", None)
-    )
-    time_scale = float(getattr(args, "time_scale", None) or 1.0)
-    faults = faults_from(args, profile_faults=getattr(args, "sim_faults", None))
-    app = create_app(config, timing, time_scale, faults)
+    """Serve one simulated worker until interrupted (SIGINT or SIGTERM)."""
+    try:
+        settings = settings_from(args)
+        timing = load_timing(settings.timing, settings.accelerator)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = _config(settings)
+    app = create_app(config, timing, settings.time_scale, settings.faults)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config, app, faults, time_scale))
+        asyncio.run(_serve(config, app, settings.faults, settings.time_scale))
     return 0
