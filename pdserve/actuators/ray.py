@@ -1,0 +1,227 @@
+"""Ray actuator: each replica is a Ray actor that runs one `pdserve worker` process on its node
+and reports the URL it serves on. The only module importing `ray`.
+
+A pool asks Ray for its accelerator through Ray's accelerator-type resources: a pool with
+`accelerator: nvidia-a100-80gb` and `tensor_parallel_size: 2` becomes an actor with
+`num_gpus=2, accelerator_type="A100"`, i.e. the custom resource `accelerator_type:A100` that Ray
+puts on A100 nodes, so it lands on an A100 node and nowhere else; a CPU pool asks for
+`num_cpus` only. An actor that cannot be placed yet (no such node, or the cluster is growing)
+is counted by `scale` but not listed by `replicas` until it reports its URL.
+
+Stopping a replica asks its actor to stop the worker's process group (SIGTERM, then SIGKILL
+after a bound) before the actor itself is killed, so no worker outlives its actor's stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from pdserve.actuators.base import ReplicaHandle
+from pdserve.actuators.local import free_port, worker_command
+from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
+from pdserve.profile import PoolSpec, Profile, RayActuatorSpec
+
+STOP_TIMEOUT_S = 10.0
+ACTOR_LABEL = "pdserve.io/ray-actor"
+
+
+def ray_accelerator_type(accelerator: str) -> str | None:
+    """Ray's accelerator type for a pool's accelerator: `nvidia-a100-80gb` -> `A100`,
+    `nvidia-l4` -> `L4`, `cpu` -> None; any other name is taken as Ray's own (e.g. `TPU-V4`)."""
+    name = accelerator.strip()
+    if name.lower() == "cpu":
+        return None
+    if name.lower().startswith("nvidia-"):
+        return name.split("-")[1].upper()
+    return name
+
+
+def actor_options(pool: PoolSpec, ray_spec: RayActuatorSpec) -> dict[str, Any]:
+    """The `.options(...)` of one replica's actor: CPUs, GPUs and accelerator type."""
+    options: dict[str, Any] = {"num_cpus": ray_spec.num_cpus_per_replica}
+    accelerator_type = ray_accelerator_type(pool.accelerator)
+    if accelerator_type is not None:
+        options["num_gpus"] = pool.tensor_parallel_size
+        options["accelerator_type"] = accelerator_type
+    return options
+
+
+class WorkerProcess:
+    """Runs inside a Ray actor: one `pdserve worker` process on the actor's node."""
+
+    def __init__(self, profile_yaml: str, pool: str, host: str | None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="pdserve-ray-")
+        profile_path = Path(self._dir.name) / "profile.yaml"
+        profile_path.write_text(profile_yaml)
+        bind = host or ray.util.get_node_ip_address()
+        port = free_port(bind)
+        command = worker_command(profile_path, pool, port, free_port(bind), core=None)
+        command += ["--host", bind]
+        self._log = Path(self._dir.name) / "worker.log"
+        with self._log.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._url = f"http://{bind}:{port}"
+
+    def url(self) -> str:
+        return self._url
+
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self._log.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float) -> int | None:
+        if self._process.poll() is None:
+            _signal_group(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        _signal_group(self._process.pid, signal.SIGKILL)  # anything left in its group
+        return self._process.returncode
+
+
+async def _resolve_url(actor: Any) -> str:
+    return str(await actor.url.remote())
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+@dataclass
+class RayReplica:
+    id: str
+    pool: str
+    actor: Any  # ray.actor.ActorHandle of WorkerProcess
+    url: asyncio.Task[str]  # resolves once Ray has placed the actor and the worker started
+    started_at: float
+    labels: dict[str, str]
+
+
+class RayActuator:
+    def __init__(
+        self,
+        profile: Callable[[], Profile],
+        host: str | None = "127.0.0.1",
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`host` is where workers bind: 127.0.0.1 on one machine, None for each node's IP."""
+        self._profile = profile
+        self._host = host
+        self._stop_timeout_s = stop_timeout_s
+        self._clock = clock
+        self._owns_ray = False
+        self._replicas: dict[str, dict[str, RayReplica]] = {}
+        self._ids = itertools.count(1)
+
+    def _ensure_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        address = self._profile().actuator.ray.address
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        self._owns_ray = True
+
+    async def replicas(self, pool: str) -> list[ReplicaHandle]:
+        handles = []
+        for replica in list(self._replicas.get(pool, {}).values()):
+            if not replica.url.done() or replica.url.cancelled():
+                continue  # not placed yet
+            if replica.url.exception() is not None:
+                handles.append(self._handle(replica, "", alive=False))
+                continue
+            handles.append(self._handle(replica, replica.url.result(), await self._alive(replica)))
+        return handles
+
+    async def scale(self, pool: str, desired: int, victims: list[str]) -> None:
+        members = self._replicas.setdefault(pool, {})
+        await asyncio.gather(*(self._stop(members.pop(v)) for v in victims if v in members))
+        while len(members) > desired:
+            newest = max(members.values(), key=lambda r: r.started_at)
+            await self._stop(members.pop(newest.id))
+        while len(members) < desired:
+            replica = await self._launch(pool)
+            members[replica.id] = replica
+
+    async def close(self) -> None:
+        everything = [r for members in self._replicas.values() for r in members.values()]
+        self._replicas.clear()
+        await asyncio.gather(*(self._stop(r) for r in everything))
+        if self._owns_ray:
+            await asyncio.to_thread(ray.shutdown)
+            self._owns_ray = False
+
+    def pending(self, pool: str) -> int:
+        """Replicas asked for whose actor Ray has not placed (or started) yet."""
+        return sum(not r.url.done() for r in self._replicas.get(pool, {}).values())
+
+    async def pids(self) -> list[int]:
+        """Worker process ids of the placed replicas (on their nodes)."""
+        placed = [r for m in self._replicas.values() for r in m.values() if r.url.done()]
+        return list(await asyncio.gather(*(r.actor.pid.remote() for r in placed)))
+
+    async def _launch(self, pool: str) -> RayReplica:
+        self._ensure_ray()  # once, on the loop's thread: ray.init installs signal handlers
+        actor, labels = await asyncio.to_thread(self._create_actor, pool)
+        replica_id = f"{pool}-ray-{next(self._ids)}"
+        url = asyncio.create_task(_resolve_url(actor), name=f"pdserve-ray-url-{replica_id}")
+        return RayReplica(replica_id, pool, actor, url, self._clock(), labels)
+
+    def _create_actor(self, pool: str) -> tuple[Any, dict[str, str]]:
+        profile = self._profile()
+        text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+        options = actor_options(profile.pools[pool], profile.actuator.ray)
+        actor: Any = (
+            ray.remote(WorkerProcess)
+            .options(max_restarts=0, **options)
+            .remote(text, pool, self._host)
+        )
+        labels = {SPEC_LABEL: worker_spec_key(profile, pool), ACTOR_LABEL: actor._actor_id.hex()}
+        return actor, labels
+
+    async def _alive(self, replica: RayReplica) -> bool:
+        try:
+            return bool(await asyncio.wait_for(replica.actor.alive.remote(), 5.0))
+        except (ray.exceptions.RayError, TimeoutError):
+            return False
+
+    async def _stop(self, replica: RayReplica) -> None:
+        placed = replica.url.done()
+        replica.url.cancel()
+        # an actor still waiting for a node gets a short bound: it may be placed right now
+        bound = self._stop_timeout_s + 5 if placed else 1.0
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+            await asyncio.wait_for(replica.actor.stop.remote(self._stop_timeout_s), bound)
+        ray.kill(replica.actor, no_restart=True)
+
+    def _handle(self, replica: RayReplica, url: str, alive: bool) -> ReplicaHandle:
+        return ReplicaHandle(
+            replica.id, replica.pool, url, alive, replica.started_at, dict(replica.labels)
+        )
