@@ -1,0 +1,79 @@
+"""The gateway's Prometheus metrics, in a registry of their own (one per app, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pdserve.pools.manager import PoolManager
+from pdserve.pools.replica import ReplicaState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+STARTUP_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "pdserve_requests",
+            "Completion requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "pdserve_pool_queue_depth", "Requests held for a pool", ["pool"], registry=r
+        )
+        self.concurrency = Gauge(
+            "pdserve_pool_concurrency", "Held + in-flight requests of a pool", ["pool"], registry=r
+        )
+        self.replicas = Gauge(
+            "pdserve_pool_replicas", "Replicas by state", ["pool", "state"], registry=r
+        )
+        self.desired = Gauge(
+            "pdserve_pool_desired_replicas", "Replicas the pool should have", ["pool"], registry=r
+        )
+        self.decisions = Counter(
+            "pdserve_scale_decisions", "Scale decisions", ["pool", "direction"], registry=r
+        )
+        self.startup = Histogram(
+            "pdserve_replica_startup_seconds",
+            "Launch to first healthy",
+            ["pool"],
+            buckets=STARTUP_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "pdserve_ttft_seconds",
+            "Time to first token",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "pdserve_itl_seconds",
+            "Inter-token latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prefill_hop = Histogram(
+            "pdserve_prefill_hop_seconds",
+            "Prefill request to KV params",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_startup(self, pool: str, seconds: float) -> None:
+        self.startup.labels(pool=pool).observe(seconds)
+
+    def render(self, manager: PoolManager, now: float) -> bytes:
+        """Prometheus text, with the pool gauges refreshed from the manager first."""
+        for name, pool in manager.pools.items():
+            snap = manager.snapshot(name, now)
+            self.queue_depth.labels(pool=name).set(snap.queued_requests)
+            self.concurrency.labels(pool=name).set(snap.concurrency)
+            self.desired.labels(pool=name).set(pool.desired)
+            for state in ReplicaState:
+                self.replicas.labels(pool=name, state=state.value).set(pool.count(state))
+        return generate_latest(self.registry)

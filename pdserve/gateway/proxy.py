@@ -1,0 +1,225 @@
+"""Forwarding one completion to the workers: the optional prefill hop, then decode, with failover.
+
+Before the first byte from a decode worker the request may move to another replica (bounded by
+`gateway.retries`); after it, a failing worker ends the stream with an SSE error event. A prefill
+hop that fails falls back to local prefill on the decode pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pdserve import disagg
+from pdserve.gateway.errors import OpenAIError, sse_error_event
+from pdserve.gateway.metrics import GatewayMetrics
+from pdserve.policies.types import Route
+from pdserve.pools.manager import NoReplica, Overloaded, PoolManager
+from pdserve.pools.replica import Replica
+from pdserve.profile import Profile
+
+log = logging.getLogger(__name__)
+
+
+class RetryableFailure(Exception):
+    """The worker failed before sending anything: another replica may take the request."""
+
+
+@dataclass
+class Exchange:
+    """One client request on its way through the gateway."""
+
+    path: str  # /v1/completions or /v1/chat/completions
+    body: dict[str, Any]  # the client's body, kv_transfer_params stripped
+    request_id: str
+    profile: Profile  # the profile active when it arrived: it finishes under it
+    route: Route
+    prompt_tokens: int
+    priority: int = 0
+    affinity_key: str | None = None
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-pdserve-route": self.route,
+            "x-pdserve-profile": self.profile.name,
+            "x-request-id": self.request_id,
+        }
+
+
+class Forwarder:
+    def __init__(
+        self,
+        manager: PoolManager,
+        client: httpx.AsyncClient,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manager = manager
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+
+    async def acquire(self, ex: Exchange, pool: str, exclude: set[str]) -> Replica:
+        try:
+            return await self.manager.acquire(
+                pool,
+                priority=ex.priority,
+                prompt_tokens=ex.prompt_tokens,
+                affinity_key=ex.affinity_key,
+                exclude=exclude,
+            )
+        except Overloaded as exc:
+            raise OpenAIError(429, str(exc), "pool_overloaded", retry_after_s=1) from None
+        except NoReplica as exc:
+            raise OpenAIError(503, str(exc), "no_replica", retry_after_s=5) from None
+
+    async def prefill(self, ex: Exchange) -> dict[str, Any] | None:
+        """The prefill hop; the prefill response, or None to prefill locally instead."""
+        pool = ex.profile.prefill_pool
+        assert pool is not None
+        replica = await self.acquire(ex, pool, set())
+        started = self.clock()
+        try:
+            response = await self.client.post(
+                f"{replica.url}{ex.path}",
+                json=disagg.prefill_request(ex.body),
+                headers={"X-Request-Id": ex.request_id},
+                timeout=ex.profile.gateway.request_timeout_s,
+            )
+            if response.status_code != 200:
+                raise RetryableFailure(f"prefill worker answered {response.status_code}")
+            answer: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError, RetryableFailure) as exc:
+            log.warning("prefill on %s failed (%s): prefilling locally", replica.id, exc)
+            replica.eject()
+            return None
+        finally:
+            self.manager.release(replica, ex.prompt_tokens)
+        elapsed = self.clock() - started
+        self.metrics.prefill_hop.observe(elapsed)
+        self.manager.pools[pool].observe_prefill(ex.prompt_tokens, elapsed)
+        return answer if disagg.kv_params_of(answer) is not None else None
+
+    async def complete(self, ex: Exchange) -> Response:
+        body = ex.body
+        if ex.route == "disaggregated":
+            prefilled = await self.prefill(ex)
+            if prefilled is None:
+                ex.route = "local"
+            else:
+                body = disagg.decode_request(ex.body, prefilled)
+        return await self._decode(ex, body)
+
+    async def _decode(self, ex: Exchange, body: dict[str, Any]) -> Response:
+        pool = ex.profile.decode_pool
+        tried: set[str] = set()
+        last_error = "no attempt"
+        for _attempt in range(ex.profile.gateway.retries + 1):
+            replica = await self.acquire(ex, pool, tried)
+            tried.add(replica.id)
+            try:
+                return await self._send(ex, replica, body)
+            except RetryableFailure as exc:
+                last_error = str(exc)
+                log.warning("decode on %s failed before the first token: %s", replica.id, exc)
+        raise OpenAIError(503, f"every attempt failed: {last_error}", "replica_failed", None, 1)
+
+    async def _send(self, ex: Exchange, replica: Replica, body: dict[str, Any]) -> Response:
+        """Send to one replica; `RetryableFailure` if it fails before its first byte."""
+        request = self.client.build_request(
+            "POST",
+            f"{replica.url}{ex.path}",
+            json=body,
+            headers={"X-Request-Id": ex.request_id},
+            timeout=ex.profile.gateway.request_timeout_s,
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            self._failed(replica, ex)
+            raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code >= 500:
+            await response.aclose()
+            self._failed(replica, ex)
+            raise RetryableFailure(f"worker answered {response.status_code}")
+        if not ex.stream or response.status_code != 200:
+            return await self._whole(ex, replica, response)
+        chunks = response.aiter_raw()
+        try:
+            first = await chunks.__anext__()
+        except (httpx.HTTPError, StopAsyncIteration) as exc:
+            await response.aclose()
+            self._failed(replica, ex)
+            raise RetryableFailure(f"stream ended before its first byte: {exc!r}") from None
+        self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
+        return StreamingResponse(
+            self._relay(ex, replica, response, first, chunks),
+            status_code=200,
+            media_type="text/event-stream",
+            headers=ex.headers(),
+        )
+
+    def _failed(self, replica: Replica, ex: Exchange) -> None:
+        replica.eject()
+        self.manager.release(replica, ex.prompt_tokens)
+
+    async def _whole(self, ex: Exchange, replica: Replica, response: httpx.Response) -> Response:
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            self._failed(replica, ex)
+            raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            await response.aclose()
+        self.manager.release(replica, ex.prompt_tokens)
+        status = response.status_code
+        if status == 200:
+            self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
+        self.metrics.requests.labels(route=ex.route, status=str(status)).inc()
+        media = response.headers.get("content-type", "application/json")
+        return Response(content, status_code=status, media_type=media, headers=ex.headers())
+
+    async def _relay(
+        self,
+        ex: Exchange,
+        replica: Replica,
+        response: httpx.Response,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        status = "200"
+        previous = self.clock()
+        itl = self.metrics.itl.labels(route=ex.route)
+        try:
+            yield first
+            async for chunk in chunks:
+                now = self.clock()
+                itl.observe(now - previous)
+                previous = now
+                yield chunk
+        except httpx.HTTPError as exc:
+            status = "502"
+            replica.eject()
+            log.warning("decode worker %s failed mid-stream: %s", replica.id, exc)
+            yield sse_error_event(f"the worker serving this stream failed: {exc}")
+        finally:
+            await response.aclose()
+            self.manager.release(replica, ex.prompt_tokens)
+            self.metrics.requests.labels(route=ex.route, status=status).inc()
+
+
+def json_error(exc: OpenAIError, ex: Exchange | None) -> JSONResponse:
+    from pdserve.gateway.errors import error_response
+
+    return error_response(exc, ex.headers() if ex is not None else None)

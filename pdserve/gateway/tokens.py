@@ -1,0 +1,67 @@
+"""Prompt token counting with the model's own tokenizer.json, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from tokenizers import Tokenizer
+
+from pdserve.profile import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def model_directory(model: ModelSpec) -> Path:
+    if model.source in ("tiny", "small"):
+        from pdserve.workers.checkpoint import ensure_model
+
+        return ensure_model(model.source)
+    return Path(model.source)
+
+
+class PromptCounter:
+    """Counts prompt tokens as the worker will: chat bodies through the model's chat template."""
+
+    def __init__(self, tokenizer: Tokenizer | None, chat_template: str | None) -> None:
+        self._tokenizer = tokenizer
+        env = jinja2.Environment(autoescape=False, keep_trailing_newline=True)
+        self._template = env.from_string(chat_template) if chat_template else None
+
+    @classmethod
+    def for_model(cls, model: ModelSpec) -> PromptCounter:
+        directory = model_directory(model)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            log.warning("%s not found: prompt lengths are estimated (4 bytes a token)", path)
+            return cls(None, None)
+        template = None
+        config = directory / "tokenizer_config.json"
+        if config.is_file():
+            template = json.loads(config.read_text()).get("chat_template")
+        return cls(Tokenizer.from_file(str(path)), template)
+
+    def prompt_text(self, body: dict[str, Any]) -> str:
+        if "messages" in body:
+            messages = body["messages"]
+            if self._template is not None:
+                return self._template.render(messages=messages, add_generation_prompt=True)
+            return "".join(f"{m.get('role')}: {m.get('content')}\n" for m in messages)
+        prompt = body.get("prompt", "")
+        return prompt if isinstance(prompt, str) else "".join(str(p) for p in prompt)
+
+    def count_sync(self, body: dict[str, Any]) -> int:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        text = self.prompt_text(body)
+        if self._tokenizer is None:
+            return (len(text.encode()) + 3) // 4
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    async def count(self, body: dict[str, Any]) -> int:
+        return await asyncio.to_thread(self.count_sync, body)
