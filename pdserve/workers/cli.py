@@ -1,0 +1,176 @@
+"""`pdserve worker`: one worker, from a profile's pool or from explicit flags.
+
+Profile mode (what the local actuator launches for each replica):
+    pdserve worker --profile local --pool prefill --port 8101 --side-channel-port 8601 --cores 0
+Explicit mode:
+    pdserve worker --role prefill --model tiny --port 18101 --cores 0
+`--engine sim` (or a profile whose engine.kind is sim) runs the simulated worker instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pdserve import profile as profiles
+from pdserve.workers.pinning import parse_cpu_list
+from pdserve.workers.vllm_command import WorkerSpec, vllm_command
+
+DEFAULT_READY_TIMEOUT_S = 600.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_argument_group("profile mode")
+    mode.add_argument("--profile", default=None, help="profile name or path")
+    mode.add_argument("--pool", default=None, help="the profile's pool this worker serves")
+    common = parser.add_argument_group("both modes")
+    common.add_argument("--port", type=int, default=None, help="HTTP port (required)")
+    common.add_argument("--host", default="127.0.0.1", help="bind address")
+    common.add_argument(
+        "--side-channel-port",
+        type=int,
+        default=None,
+        help="NIXL handshake port (default: a free one)",
+    )
+    common.add_argument(
+        "--cores", default=None, help="CPU cores to bind every thread to, e.g. 0 or 0,1 or 2-3"
+    )
+    common.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        help="seconds to wait for /health before giving up",
+    )
+    _add_explicit_arguments(parser.add_argument_group("explicit mode"))
+    try:
+        from pdserve.workers.sim.cli import add_sim_arguments
+    except ImportError:
+        return
+    add_sim_arguments(parser)
+
+
+def _add_explicit_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--role", choices=["prefill", "decode", "both"], default=None)
+    group.add_argument(
+        "--engine",
+        choices=["vllm", "sim"],
+        default=None,
+        help="default: the profile's engine.kind, else vllm",
+    )
+    group.add_argument("--model", default="tiny", help="tiny, small or a checkpoint directory")
+    group.add_argument("--served-model-name", default=None)
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    group.add_argument("--dtype", default="float32")
+    group.add_argument("--kv-cache-gib", type=float, default=1.0)
+    group.add_argument("--max-model-len", type=int, default=2048)
+    group.add_argument("--max-num-seqs", type=int, default=64)
+    group.add_argument("--tensor-parallel-size", type=int, default=1)
+    group.add_argument(
+        "--kv-load-failure-policy", choices=["recompute", "fail"], default="recompute"
+    )
+    group.add_argument(
+        "--block-lease-s",
+        type=float,
+        default=30.0,
+        help="prefill blocks not pulled within this are freed",
+    )
+    group.add_argument(
+        "--kv-connector",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NixlConnector (default: on for prefill and decode, off for both)",
+    )
+    group.add_argument("--ucx-tls", default=None)
+    group.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        dest="vllm_args",
+        help="extra vLLM server flag, repeatable (e.g. --vllm-arg=--seed=1)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    loaded = profiles.load(args.profile) if args.profile else None
+    engine = args.engine or (loaded.engine.kind.value if loaded else "vllm")
+    if engine == "sim":
+        from pdserve.workers.sim.server import run as run_sim
+
+        return run_sim(args)
+    if args.port is None:
+        print("error: --port is required", file=sys.stderr)
+        return 2
+    try:
+        spec = _spec(args, loaded)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _launch(spec, args.ready_timeout)
+
+
+def _spec(args: argparse.Namespace, loaded: profiles.Profile | None) -> WorkerSpec:
+    from pdserve.workers.checkpoint import ensure_model
+
+    cores = tuple(sorted(parse_cpu_list(args.cores))) if args.cores else ()
+    if loaded is not None:
+        if not args.pool or args.pool not in loaded.pools:
+            raise ValueError(f"--pool must name one of the profile's pools: {list(loaded.pools)}")
+        spec = WorkerSpec.from_profile(loaded, args.pool, args.port, args.side_channel_port, cores)
+        spec = replace(spec, host=args.host)
+    else:
+        spec = _explicit_spec(args, cores)
+    if spec.kv_connector and spec.side_channel_port is None:
+        spec = replace(spec, side_channel_port=free_port(spec.host))
+    return replace(spec, model=str(ensure_model(spec.model)))
+
+
+def _explicit_spec(args: argparse.Namespace, cores: tuple[int, ...]) -> WorkerSpec:
+    if args.role is None:
+        raise ValueError("give --profile and --pool, or --role")
+    connector = args.kv_connector if args.kv_connector is not None else args.role != "both"
+    return WorkerSpec(
+        role=args.role,
+        model=args.model,
+        port=args.port,
+        served_model_name=args.served_model_name or Path(args.model).name,
+        host=args.host,
+        side_channel_port=args.side_channel_port,
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        kv_cache_gib=args.kv_cache_gib,
+        max_num_seqs=args.max_num_seqs,
+        tensor_parallel_size=args.tensor_parallel_size,
+        kv_connector=connector,
+        kv_buffer_device=args.device,
+        kv_load_failure_policy=args.kv_load_failure_policy,
+        block_lease_s=args.block_lease_s,
+        ucx_tls=args.ucx_tls,
+        cores=cores,
+        extra_args=tuple(args.vllm_args),
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch(spec: WorkerSpec, ready_timeout_s: float) -> int:
+    from pdserve.workers.launcher import LaunchOptions, run_worker
+
+    command = vllm_command(spec)
+    print(f"pdserve worker: {spec.role} on {spec.host}:{spec.port}, cores {spec.cores or 'any'}, "
+          f"side channel {spec.side_channel_port}", file=sys.stderr, flush=True)  # fmt: skip
+    options = LaunchOptions(
+        health_url=f"http://{spec.host}:{spec.port}/health",
+        cores=spec.cores if spec.device == "cpu" else (),
+        ready_timeout_s=ready_timeout_s,
+        pin_self=True,
+    )
+    return asyncio.run(run_worker(command, options))

@@ -1,0 +1,106 @@
+"""Binding every process and thread of a worker's process tree to its cores, read from /proc.
+
+vLLM's CPU path pins only its OpenMP threads; NixlConnector re-pins the model thread to the
+last core of the NUMA node and the API-server and engine-core processes float. So the
+launcher binds each thread (`/proc/<pid>/task/<tid>`) itself, and again as new threads appear.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """'0-2,5' -> {0, 1, 2, 5} (the kernel's list format, as in Cpus_allowed_list)."""
+    cores: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def format_cpu_list(cores: Iterable[int]) -> str:
+    """{0, 1, 2, 5} -> '0-2,5'."""
+    ordered = sorted(set(cores))
+    runs: list[str] = []
+    start = previous = None
+    for core in [*ordered, None]:
+        if previous is not None and core == previous + 1:
+            previous = core
+            continue
+        if start is not None:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = core
+    return ",".join(runs)
+
+
+def parent_of(stat_line: str) -> int:
+    """The parent pid from a /proc/<pid>/stat line (the command name may hold spaces or ')')."""
+    fields_after_name = stat_line.rsplit(")", 1)[1].split()
+    return int(fields_after_name[1])  # state, then ppid
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None  # the process or thread exited while we looked
+
+
+def process_tree(root: int, proc: Path = PROC) -> list[int]:
+    """`root` and every descendant process alive now, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = _read(entry / "stat")
+        if stat is not None:
+            children.setdefault(parent_of(stat), []).append(int(entry.name))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop(0)
+        tree.append(pid)
+        frontier.extend(sorted(children.get(pid, [])))
+    return tree if (proc / str(root)).exists() else []
+
+
+def threads_of(pid: int, proc: Path = PROC) -> list[int]:
+    try:
+        return sorted(int(name) for name in os.listdir(proc / str(pid) / "task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def tree_affinity(root: int, proc: Path = PROC) -> dict[tuple[int, int], set[int]]:
+    """(pid, tid) -> the cores each thread of the tree may run on, from Cpus_allowed_list."""
+    affinity = {}
+    for pid in process_tree(root, proc):
+        for tid in threads_of(pid, proc):
+            status = _read(proc / str(pid) / "task" / str(tid) / "status")
+            if status is None:
+                continue
+            for line in status.splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    affinity[(pid, tid)] = parse_cpu_list(line.split(":", 1)[1])
+    return affinity
+
+
+def pin_tree(root: int, cores: Iterable[int]) -> int:
+    """Bind every thread of `root`'s process tree to `cores`; returns how many were moved."""
+    wanted = set(cores)
+    moved = 0
+    for pid in process_tree(root):
+        for tid in threads_of(pid):
+            try:
+                if os.sched_getaffinity(tid) != wanted:
+                    os.sched_setaffinity(tid, wanted)
+                    moved += 1
+            except OSError:
+                continue  # exited between listing and binding
+    return moved
