@@ -1,5 +1,7 @@
-"""The autoscaler loop: every pool's snapshot -> `decide` -> record -> scale, on a timer and at once
-when the gateway signals demand (a request held at a pool with no ready replica).
+"""The autoscaler loop: every pool's snapshot -> `decide` -> record -> scale, on each pool's
+`scaling.interval_s`, and at once when the gateway signals demand for a pool with no replica
+(requests held there start a replica without waiting for the interval). Demand signals do not
+add samples for warm pools, so a flood of held requests cannot skew their windows.
 
 The loop owns only the per-pool policy state. The pools (the gateway's PoolManager) own replicas,
 draining and the actuator; they implement `PoolControl`. A scale-down that drains for a while
@@ -38,6 +40,10 @@ class PoolControl(Protocol):
     def record_decision(self, decision: ScaleDecision) -> None: ...
 
 
+def _cold_with_requests(snapshot: PoolSnapshot) -> bool:
+    return snapshot.current == 0 and snapshot.queued_requests > 0
+
+
 class Autoscaler:
     """Decides every pool on its own `scaling.interval_s`, and all pools when demand is set."""
 
@@ -67,7 +73,8 @@ class Autoscaler:
             await self._cancel_scaling()
 
     async def step(self, force: bool = False) -> list[ScaleDecision]:
-        """One pass: decide every pool that is due (every pool when `force`)."""
+        """One pass: decide every pool that is due; with `force` (demand was signalled) also
+        every pool holding requests at zero replicas, which must not wait for its interval."""
         if force:
             self._pools.demand.clear()
         now = self._clock()
@@ -77,19 +84,30 @@ class Autoscaler:
         self._next_due = {name: due for name, due in self._next_due.items() if name in names}
         decisions = []
         for name in names:
-            spec = profile.pools[name]
-            if not force and now < self._next_due.get(name, -math.inf):
+            due = now >= self._next_due.get(name, -math.inf)
+            if not (due or force):
                 continue
-            self._next_due[name] = now + spec.scaling.interval_s
-            decision = self._decide(name, now, profile)
+            snapshot = self._snapshot(name, now)
+            if snapshot is None or not (due or _cold_with_requests(snapshot)):
+                continue
+            if due:
+                self._next_due[name] = now + profile.pools[name].scaling.interval_s
+            decision = self._decide(snapshot, profile)
             if decision is not None:
                 decisions.append(decision)
         return decisions
 
-    def _decide(self, name: str, now: float, profile: Profile) -> ScaleDecision | None:
+    def _snapshot(self, name: str, now: float) -> PoolSnapshot | None:
+        try:
+            return self._pools.snapshot(name, now)
+        except Exception:
+            log.exception("autoscaler: no snapshot of pool %s", name)
+            return None
+
+    def _decide(self, snapshot: PoolSnapshot, profile: Profile) -> ScaleDecision | None:
+        name = snapshot.pool
         spec = profile.pools[name]
         try:
-            snapshot = self._pools.snapshot(name, now)
             decision, self._states[name] = decide(snapshot, self.state(name), spec, spec.role)
             self._pools.record_decision(decision)
         except Exception:

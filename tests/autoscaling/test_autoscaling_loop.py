@@ -200,3 +200,18 @@ async def test_dropped_pools_and_failing_snapshots_are_skipped() -> None:
     decisions = await scaler.step()
     assert [d.pool for d in decisions] == ["decode"]
     assert [p for p, _ in pools.snapshots] == ["decode"]
+
+
+async def test_forced_pass_decides_only_cold_pools_with_held_requests() -> None:
+    pools = FakePools(ready={"prefill": 0, "decode": 1}, load={"decode": 3})
+    clock = Clock()
+    scaler = Autoscaler(pools, lambda: make_profile(interval_s=10.0), clock)
+    await scaler.step()  # both due at start
+    clock.now += 1.0
+    assert await scaler.step(force=True) == []  # nothing held: no extra samples anywhere
+    pools.queued["prefill"] = 3
+    clock.now += 1.0
+    (decision,) = await scaler.step(force=True)
+    await scaler.wait_idle()
+    assert (decision.pool, decision.current, decision.desired) == ("prefill", 0, 1)
+    assert len(scaler.state("decode").demand) == 1  # decode still decided only once
