@@ -211,7 +211,11 @@ class DecodeReplica:
         running, ledger = self.running, self.ledger
         while running and running[0][0] <= self.progress + EPS:
             target, idx, prompt, joined, reserve = heapq.heappop(running)
-            ledger.finish[idx] = now - max(0.0, self.progress - target) * self.step_s
+            done_at = now - max(0.0, self.progress - target) * self.step_s
+            ledger.finish[idx] = done_at
+            # a joined sequence's first token was estimated one step ahead; a shorter step since
+            # can finish a one-token request sooner
+            ledger.first_token[idx] = min(ledger.first_token[idx], done_at)
             ledger.done += 1
             self.ctx_prompt -= prompt
             self.sum_join -= joined
