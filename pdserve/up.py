@@ -1,0 +1,81 @@
+"""`pdserve up`: the gateway and every pool's workers of a profile on this machine.
+
+Workers are `pdserve worker` processes started by the local actuator from the gateway's lifespan.
+On Ctrl-C or SIGTERM uvicorn shuts the app down, and the lifespan stops every worker's process
+group, so nothing is left running and no port stays bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import httpx
+import uvicorn
+
+from pdserve.gateway.app import create_app
+from pdserve.profile import ActuatorKind, Profile
+
+READY_POLL_S = 0.5
+
+
+def local_profile(profile: Profile) -> Profile:
+    """The profile with the local actuator, whatever it named (up runs everything here)."""
+    if profile.actuator.kind is ActuatorKind.local:
+        return profile
+    actuator = profile.actuator.model_copy(update={"kind": ActuatorKind.local})
+    return profile.model_copy(update={"actuator": actuator})
+
+
+def curl_example(base_url: str, profile: Profile) -> str:
+    body = {
+        "model": profile.model.name,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16,
+    }
+    return (
+        f"curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(body)}'"
+    )
+
+
+async def announce_when_ready(server: uvicorn.Server, base_url: str, profile: Profile) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        while not server.should_exit:
+            try:
+                if (await client.get(f"{base_url}/ready")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(READY_POLL_S)
+        else:
+            return
+    print(f"pdserve is ready: profile {profile.name} at {base_url}", flush=True)
+    print(f"  OpenAI base URL: {base_url}/v1", flush=True)
+    print(f"  try: {curl_example(base_url, profile)}", flush=True)
+
+
+async def serve(profile: Profile, host: str, port: int) -> None:
+    app = create_app(profile)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+    )
+    server = uvicorn.Server(config)
+    base_url = f"http://{host}:{port}"
+    print(f"starting profile {profile.name}: pools {', '.join(profile.pools)}", flush=True)
+    announcer = asyncio.create_task(announce_when_ready(server, base_url, profile))
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
+
+
+def run_up(profile: Profile, host: str | None = None, port: int | None = None) -> int:
+    profile = local_profile(profile)
+    try:
+        asyncio.run(serve(profile, host or profile.gateway.host, port or profile.gateway.port))
+    except KeyboardInterrupt:
+        return 130
+    print("pdserve stopped", file=sys.stderr, flush=True)
+    return 0
