@@ -35,9 +35,10 @@ containers:
     {{- if eq .mode "worker" }}
     command: ["sh", "-c", "ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"]
     {{- else if $sim }}
-    command: ["pdserve", "worker", "--engine", "sim", "--role", {{ $pool.role | quote }},
-              "--profile", "/etc/pdserve/profile.yaml", "--pool", {{ .name | quote }},
-              "--host", "0.0.0.0", "--port", {{ $v.vllm.port | quote }}]
+    # The profile's engine.kind is sim: pdserve's simulated worker serves this pool.
+    command: ["pdserve", "worker", "--profile", "/etc/pdserve/profile.yaml", "--pool", {{ .name | quote }},
+              "--host", "0.0.0.0", "--port", {{ $v.vllm.port | quote }},
+              "--side-channel-port", {{ $v.vllm.nixlSideChannelPort | quote }}]
     {{- else if eq .mode "leader" }}
     command: ["sh", "-c", "ray start --head --port=6379 && exec python3 -m vllm.entrypoints.openai.api_server \"$@\"", "--"]
     args:

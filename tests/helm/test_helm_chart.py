@@ -1,0 +1,440 @@
+"""The chart rendered by the real helm binary from `pdserve render` output, read as objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from pdserve import profile as profiles
+from pdserve.helm_values import CHART_DIR, SCHEMA_PATH, values_schema_text
+
+from .conftest import (
+    NAMESPACE,
+    RELEASE,
+    SHIPPED,
+    Objects,
+    Template,
+    env_of,
+    named,
+    of_kind,
+    run_helm,
+    worker_container,
+)
+
+pytestmark = pytest.mark.integration
+
+KUBERNETES_VERSION = "1.33.0"  # the kubectl/helm layer's Kubernetes minor
+CORE_KINDS = {
+    "ConfigMap",
+    "Deployment",
+    "PodDisruptionBudget",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "ServiceAccount",
+}
+CRD_KINDS = {"ScaledObject", "HTTPRoute", "ServiceMonitor", "LeaderWorkerSet"}
+PREFIX = f"{RELEASE}-pdserve"
+
+
+def test_schema_file_is_the_one_generated_from_the_models() -> None:
+    assert SCHEMA_PATH.read_text() == values_schema_text(), "run: python -m pdserve.helm_values"
+
+
+def test_helm_lint_passes_with_the_charts_defaults(helm: Path) -> None:
+    result = run_helm(helm, "lint", str(CHART_DIR), "--strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_helm_lint_passes_with_each_profiles_values(
+    helm: Path, values_dir: Path, name: str
+) -> None:
+    result = run_helm(
+        helm, "lint", str(CHART_DIR), "--strict", "-f", str(values_dir / f"{name}.yaml")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_rendered_core_objects_pass_strict_kubernetes_validation(
+    rendered: dict[str, Objects], name: str
+) -> None:
+    objects = rendered[name]
+    assert {obj["kind"] for obj in objects} <= CORE_KINDS | CRD_KINDS
+    for obj in objects:
+        if obj["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_can_fail_on_a_misplaced_field(rendered: dict[str, Objects]) -> None:
+    deployment = named(rendered["a100-l4"], "Deployment", f"{PREFIX}-decode")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def _node_products(deployment: dict[str, Any]) -> set[str]:
+    pod = deployment["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    [term] = terms["nodeSelectorTerms"]
+    [expression] = term["matchExpressions"]
+    assert expression["key"] == "nvidia.com/gpu.product"
+    assert expression["operator"] == "In"
+    return set(expression["values"])
+
+
+def test_a100_l4_prefill_pods_land_on_a100_and_decode_pods_on_l4(
+    rendered: dict[str, Objects],
+) -> None:
+    objects = rendered["a100-l4"]
+    prefill = named(objects, "Deployment", f"{PREFIX}-prefill")
+    decode = named(objects, "Deployment", f"{PREFIX}-decode")
+    assert _node_products(prefill) == {"NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"}
+    assert _node_products(decode) == {"NVIDIA-L4"}
+    for deployment in (prefill, decode):
+        container = worker_container(deployment)
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1  # tensor_parallel_size
+        assert container["image"].startswith("vllm/vllm-openai:")
+        pod = deployment["spec"]["template"]["spec"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+    assert prefill["spec"]["replicas"] == 1  # replicas.initial
+    assert decode["spec"]["replicas"] == 2
+
+
+def _args(container: dict[str, Any]) -> dict[str, str]:
+    """--flag value pairs (a bare flag maps to "")."""
+    args, pairs = container["args"], {}
+    for index, token in enumerate(args):
+        if token.startswith("--"):
+            following = args[index + 1] if index + 1 < len(args) else "--"
+            pairs[token] = "" if following.startswith("--") else following
+    return pairs
+
+
+@pytest.mark.parametrize("name", ["a100-l4", "local", "disaggregated"])
+def test_nixl_args_and_env_on_prefill_and_decode(rendered: dict[str, Objects], name: str) -> None:
+    loaded = profiles.load(name)
+    for pool in ("prefill", "decode"):
+        container = worker_container(named(rendered[name], "Deployment", f"{PREFIX}-{pool}"))
+        assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+        config = json.loads(_args(container)["--kv-transfer-config"])
+        assert config == {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+            "kv_buffer_device": loaded.kv_transfer.buffer_device.value,
+            "kv_load_failure_policy": loaded.kv_transfer.kv_load_failure_policy,
+            "kv_connector_extra_config": {
+                "kv_lease_duration": int(loaded.kv_transfer.block_lease_s)
+            },
+        }
+        env = env_of(container)
+        assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
+        assert {"name": "nixl", "containerPort": 5600, "protocol": "TCP"} in container["ports"]
+        if loaded.kv_transfer.ucx_tls:
+            assert env["UCX_TLS"] == loaded.kv_transfer.ucx_tls
+
+
+def test_a100_l4_workers_serve_the_cached_model_and_probe_health(
+    rendered: dict[str, Objects],
+) -> None:
+    decode = named(rendered["a100-l4"], "Deployment", f"{PREFIX}-decode")
+    container = worker_container(decode)
+    args = _args(container)
+    assert args["--model"] == "/models/Llama-3.1-8B-Instruct"
+    assert args["--served-model-name"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert args["--tensor-parallel-size"] == "1"
+    assert args["--gpu-memory-utilization"] == "0.9"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["python3", "-c"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["model-cache"] == {
+        "name": "model-cache",
+        "mountPath": "/models",
+        "readOnly": True,
+    }
+    pod = decode["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "pdserve-models"}
+    assert "initContainers" not in pod  # a model path: nothing to seed
+    # drain_timeout_s 300 + 30 s for the server to stop after the preStop hook
+    assert pod["terminationGracePeriodSeconds"] == 330
+    assert decode["spec"]["template"]["metadata"]["labels"]["pdserve.io/pool"] == "decode"
+
+
+def test_streaming_load_format_is_passed_to_vllm(template: Template, values_dir: Path) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("vllm.loadFormat=runai_streamer",))
+    for pool in ("prefill", "decode"):
+        args = _args(worker_container(named(objects, "Deployment", f"{PREFIX}-{pool}")))
+        assert args["--load-format"] == "runai_streamer"
+
+
+def test_seeded_tiny_model_is_written_into_the_cache_by_an_init_container(
+    rendered: dict[str, Objects],
+) -> None:
+    deployment = named(rendered["local"], "Deployment", f"{PREFIX}-decode")
+    pod = deployment["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"] == ["pdserve", "model", "tiny", "--out", "/models/tiny"]
+    assert _args(worker_container(deployment))["--model"] == "/models/tiny"
+    assert "affinity" not in pod  # cpu pools go anywhere
+    assert "nvidia.com/gpu" not in worker_container(deployment)["resources"].get("limits", {})
+
+
+PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+SCALE_RULE = {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]}
+
+
+def _gateway_rbac(objects: Objects) -> list[dict[str, Any]]:
+    gateway = named(objects, "Deployment", f"{PREFIX}-gateway")
+    account = gateway["spec"]["template"]["spec"]["serviceAccountName"]
+    named(objects, "ServiceAccount", account)
+    [binding] = of_kind(objects, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["kind"] == "Role"  # namespaced: no ClusterRole at all
+    assert not of_kind(objects, "ClusterRole")
+    role = named(objects, "Role", binding["roleRef"]["name"])
+    return role["rules"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_gateway_rbac_is_exactly_what_the_kubernetes_actuator_needs(
+    rendered: dict[str, Objects], name: str
+) -> None:
+    assert _gateway_rbac(rendered[name]) == [PODS_RULE, SCALE_RULE]
+
+
+def test_gateway_may_not_scale_when_keda_owns_the_replicas(
+    template: Template, values_dir: Path
+) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("autoscaling.mode=keda",))
+    assert _gateway_rbac(objects) == [PODS_RULE]
+    config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
+    loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
+    assert loaded.actuator.kubernetes.manage_replicas is False
+
+
+def test_gateway_deployment_reads_the_profile_and_probes_health_and_ready(
+    rendered: dict[str, Objects],
+) -> None:
+    objects = rendered["a100-l4"]
+    gateway = named(objects, "Deployment", f"{PREFIX}-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"][:4] == [
+        "pdserve",
+        "gateway",
+        "--profile",
+        "/etc/pdserve/profile.yaml",
+    ]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    [volume] = pod["volumes"]
+    assert volume["configMap"]["name"] == f"{PREFIX}-gateway-profile"
+    service = named(objects, "Service", f"{PREFIX}-gateway")
+    assert service["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_profile_configmap_reproduces_the_profile_and_names_the_deployments(
+    rendered: dict[str, Objects], name: str
+) -> None:
+    objects = rendered[name]
+    config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
+    loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
+    original = profiles.load(name)
+    assert loaded.model == original.model
+    assert loaded.engine == original.engine
+    assert loaded.routing == original.routing
+    assert loaded.kv_transfer == original.kv_transfer
+    for pool, spec in original.pools.items():
+        assert loaded.pools[pool].role == spec.role
+        assert loaded.pools[pool].replicas == spec.replicas
+        assert loaded.pools[pool].scaling == spec.scaling
+    kubernetes = loaded.actuator.kubernetes
+    assert loaded.actuator.kind is profiles.ActuatorKind.kubernetes
+    assert (kubernetes.namespace, kubernetes.pool_label) == (NAMESPACE, "pdserve.io/pool")
+    assert loaded.gateway.host == "0.0.0.0"
+    for pool in original.pools:
+        deployment = named(objects, "Deployment", f"{kubernetes.deployment_prefix}-{pool}")
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels[kubernetes.pool_label] == pool
+        assert worker_container(deployment)["ports"][0]["containerPort"] == kubernetes.port
+
+
+def test_standard_renders_one_unified_pool_and_no_prefill(rendered: dict[str, Objects]) -> None:
+    objects = rendered["standard"]
+    workers = [
+        d for d in of_kind(objects, "Deployment") if not d["metadata"]["name"].endswith("gateway")
+    ]
+    assert [d["metadata"]["name"] for d in workers] == [f"{PREFIX}-decode"]
+    assert not [obj for obj in objects if "prefill" in obj["metadata"]["name"]]
+    container = worker_container(workers[0])
+    assert "--kv-transfer-config" not in container["args"]  # no hop: no connector
+    assert "VLLM_NIXL_SIDE_CHANNEL_HOST" not in env_of(container)
+    assert workers[0]["spec"]["template"]["metadata"]["labels"]["pdserve.io/role"] == "both"
+    assert len(of_kind(objects, "PodDisruptionBudget")) == 1
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_pool_has_a_service_and_a_disruption_budget_on_its_pods(
+    rendered: dict[str, Objects], name: str
+) -> None:
+    objects = rendered[name]
+    for pool in profiles.load(name).pools:
+        deployment = named(objects, "Deployment", f"{PREFIX}-{pool}")
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        budget = named(objects, "PodDisruptionBudget", f"{PREFIX}-{pool}")
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        service = named(objects, "Service", f"{PREFIX}-{pool}")
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_keda_mode_renders_one_scaled_object_per_pool_with_its_own_query(
+    template: Template, values_dir: Path
+) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("autoscaling.mode=keda",))
+    scaled = {
+        obj["spec"]["scaleTargetRef"]["name"]: obj for obj in of_kind(objects, "ScaledObject")
+    }
+    assert set(scaled) == {f"{PREFIX}-prefill", f"{PREFIX}-decode"}
+    for name in scaled:
+        named(objects, "Deployment", name)
+    [prefill_trigger] = scaled[f"{PREFIX}-prefill"]["spec"]["triggers"]
+    [decode_trigger] = scaled[f"{PREFIX}-decode"]["spec"]["triggers"]
+    assert prefill_trigger["type"] == decode_trigger["type"] == "prometheus"
+    prefill_query = prefill_trigger["metadata"]["query"]
+    decode_query = decode_trigger["metadata"]["query"]
+    assert prefill_query != decode_query
+    assert prefill_query == (
+        f'sum(pdserve_pool_queued_prompt_tokens{{pool="prefill",namespace="{NAMESPACE}"}})'
+    )
+    assert decode_query == f'sum(pdserve_pool_concurrency{{pool="decode",namespace="{NAMESPACE}"}})'
+    # prefill: 25000 tokens/s x 1.0 s backlog per replica; decode: 24 requests per replica
+    assert float(prefill_trigger["metadata"]["threshold"]) == 25000.0
+    assert float(decode_trigger["metadata"]["threshold"]) == 24.0
+    prefill_spec = scaled[f"{PREFIX}-prefill"]["spec"]
+    assert (prefill_spec["minReplicaCount"], prefill_spec["maxReplicaCount"]) == (0, 8)
+    assert prefill_spec["cooldownPeriod"] == 600  # scale_to_zero_grace_s
+    behavior = scaled[f"{PREFIX}-decode"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
+    assert behavior["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_pdserve_and_none_modes_render_no_scaled_objects(
+    rendered: dict[str, Objects], template: Template, values_dir: Path
+) -> None:
+    assert not of_kind(rendered["a100-l4"], "ScaledObject")
+    objects = template(values_dir / "a100-l4.yaml", sets=("autoscaling.mode=none",))
+    assert not of_kind(objects, "ScaledObject")
+    assert _gateway_rbac(objects) == [PODS_RULE]
+
+
+def _write(path: Path, values: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("command", ["lint", "template"])
+def test_schema_rejects_a_typo_in_a_pool_key(
+    helm: Path, values_dir: Path, tmp_path: Path, command: str
+) -> None:
+    typo = _write(tmp_path / "typo.yaml", {"pools": {"decode": {"replicsa": {"max": 4}}}})
+    args = [command, str(CHART_DIR), "-f", str(values_dir / "a100-l4.yaml"), "-f", str(typo)]
+    if command == "template":
+        args.insert(1, RELEASE)
+    result = run_helm(helm, *args)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "replicsa" in output
+    assert "schema" in output.lower()
+
+
+def test_schema_rejects_an_impossible_value_and_an_unknown_mode(
+    helm: Path, values_dir: Path, tmp_path: Path
+) -> None:
+    for bad in (
+        {"pools": {"decode": {"tensorParallelSize": 0}}},
+        {"autoscaling": {"mode": "hpa"}},
+        {"profile": {"routing": {"prefill_threshold": -1}}},
+    ):
+        path = _write(tmp_path / "bad.yaml", bad)
+        result = run_helm(
+            helm,
+            "template",
+            RELEASE,
+            str(CHART_DIR),
+            "-f",
+            str(values_dir / "a100-l4.yaml"),
+            "-f",
+            str(path),
+        )
+        assert result.returncode != 0, bad
+
+
+def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_dir: Path) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("pools.prefill.nodes=2",))
+    [group] = of_kind(objects, "LeaderWorkerSet")
+    assert group["metadata"]["name"] == f"{PREFIX}-prefill"
+    spec = group["spec"]["leaderWorkerTemplate"]
+    assert spec["size"] == 2
+    leader = spec["leaderTemplate"]
+    assert leader["metadata"]["labels"]["pdserve.io/pool"] == "prefill"
+    assert "pdserve.io/pool" not in spec["workerTemplate"]["metadata"]["labels"]
+    [container] = leader["spec"]["containers"]
+    assert "--pipeline-parallel-size" in container["args"]
+    assert not [
+        d for d in of_kind(objects, "Deployment") if d["metadata"]["name"].endswith("prefill")
+    ]
+    lws_rule = {
+        "apiGroups": ["leaderworkerset.x-k8s.io"],
+        "resources": ["leaderworkersets/scale"],
+        "verbs": ["get", "patch"],
+    }
+    assert _gateway_rbac(objects) == [PODS_RULE, SCALE_RULE, lws_rule]
+
+
+def test_http_route_and_service_monitor_target_the_gateway_service(
+    template: Template, values_dir: Path, tmp_path: Path
+) -> None:
+    extras = _write(
+        tmp_path / "extras.yaml",
+        {
+            "httpRoute": {
+                "enabled": True,
+                "parentRefs": [{"name": "inference"}],
+                "hostnames": ["llm.example.com"],
+            },
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "modelCache": {"type": "hostPath", "hostPath": "/var/lib/models"},
+        },
+    )
+    objects = template(values_dir / "a100-l4.yaml", extras)
+    [route] = of_kind(objects, "HTTPRoute")
+    [backend] = route["spec"]["rules"][0]["backendRefs"]
+    service = named(objects, "Service", backend["name"])
+    assert backend["port"] == service["spec"]["ports"][0]["port"]
+    [monitor] = of_kind(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    decode = named(objects, "Deployment", f"{PREFIX}-decode")
+    volumes = {v["name"]: v for v in decode["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"]["hostPath"]["path"] == "/var/lib/models"
+    for obj in objects:
+        if obj["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
