@@ -100,6 +100,13 @@ class LocalActuator:
     def pids(self) -> list[int]:
         return [r.process.pid for m in self._replicas.values() for r in m.values()]
 
+    def pid(self, replica_id: str) -> int | None:
+        """The process id of a replica (its process group id too)."""
+        for members in self._replicas.values():
+            if replica_id in members:
+                return members[replica_id].process.pid
+        return None
+
     def _profile_file(self, profile: Profile) -> Path:
         text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
         digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()

@@ -1,0 +1,44 @@
+"""Gateway test helpers: an in-process gateway app whose workers are real local processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from pdserve import profile as profiles
+from pdserve.gateway.app import create_app
+
+PROFILES = Path(__file__).parent / "profiles"
+READY_TIMEOUT_S = 120.0
+
+
+def test_profile(name: str) -> profiles.Profile:
+    return profiles.load(str(PROFILES / f"{name}.yaml"))
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT_S) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if (await client.get("/ready")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    name: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The gateway app for tests/gateway/profiles/NAME.yaml, lifespan run, workers ready."""
+    app = create_app(test_profile(name), env=env or {}, autoscale=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway", timeout=60
+        ) as client:
+            await wait_ready(client)
+            yield app, client
