@@ -1,11 +1,14 @@
 """The event loop: arrivals from a sorted array, a heap of replica events, autoscaler ticks.
 
 The gateway part runs pdserve's route decision (`decide_route`) on every request and pdserve's
-endpoint picker (`pick`) on a sample of each pool's ready replicas (all of them up to
-`picker_candidates`; beyond, a random sample of that many, as Ray Serve's power-of-k-choices
-router does, so a 1,000-replica pool costs the same per request as a small one). The
-autoscaler part calls a `Scaler` every `interval_s` of each pool's scaling spec with the same
-`PoolSnapshot` the gateway builds.
+endpoint picker (`pick`) over each pool's ready replicas: all of them up to `picker_all_up_to`,
+beyond that a random sample of `picker_sample` (the power of two choices, as Ray Serve's router
+does), so a request costs the same in a 1,000-replica pool as in a small one. Like pdserve's
+gateway, it holds a request only while its pool has no ready replica. The autoscaler part calls
+a `Scaler` every `interval_s` with the same `PoolSnapshot` the gateway builds.
+
+KV moves after the prefill, before the decode replica is picked (the gateway picks it when the
+prefill answers; the transfer time is then added before the sequence joins the batch).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class SimConfig:
     profile: Profile
     model: ModelCost
     cold_start: ColdStart = ColdStart()
-    picker_candidates: int = 4
+    picker_all_up_to: int = 8  # pools this small offer the picker every ready replica,
+    picker_sample: int = 2  # larger ones a random sample of this many (power of two choices)
     tail_s: float = 900.0  # simulate at most this long after the last arrival
     seed: int = 0
 
@@ -73,6 +77,7 @@ class PoolState:
     lives: list[ReplicaLife] = field(default_factory=list)  # every replica ever launched
     held: deque = field(default_factory=deque)  # (arrival time, request) held at the gateway
     picker: PickerState = field(default_factory=PickerState)
+    step_cache: dict = field(default_factory=dict)  # decode step times, shared by replicas
     arrivals: int = 0  # requests sent to this pool since the last tick
     busy_mark: float = 0.0  # replicas' busy seconds at the last tick
 
@@ -146,7 +151,14 @@ class Cluster:
         capacity = kv_capacity_tokens(pool.acc, self.model, engine.gpu_memory_utilization, tp)
         budget = engine.max_num_batched_tokens or 8192
         return DecodeReplica(
-            life, pool.acc, self.model, self.ledger, engine.max_num_seqs, budget, capacity
+            life,
+            pool.acc,
+            self.model,
+            self.ledger,
+            engine.max_num_seqs,
+            budget,
+            capacity,
+            pool.step_cache,
         )
 
     def _push(self, when: float, kind: int, obj: object) -> None:
@@ -161,11 +173,11 @@ class Cluster:
     # -- the gateway ---------------------------------------------------------------------------
     def _pick(self, pool: PoolState, now: float) -> Any:
         ready = pool.ready
-        k = self.config.picker_candidates
-        if len(ready) <= k:
+        if len(ready) <= self.config.picker_all_up_to:
             candidates = ready
         else:
-            candidates = [ready[self.rng.randrange(len(ready))] for _ in range(k)]
+            draw, n = self.rng.random, len(ready)
+            candidates = [ready[int(draw() * n)] for _ in range(self.config.picker_sample)]
         by_id = {r.life.id: r for r in candidates}
         if pool.role is Role.prefill:
             loads = [r.load(now) for r in candidates]
