@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,15 @@ async def wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT
             if (await client.get("/ready")).status_code == 200:
                 return
             await asyncio.sleep(0.1)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> None:
+    """Wait until `condition()` holds; TimeoutError after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(poll_s)
 
 
 @contextlib.asynccontextmanager
