@@ -438,3 +438,16 @@ def test_http_route_and_service_monitor_target_the_gateway_service(
     for obj in objects:
         if obj["kind"] in CORE_KINDS:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_chart_defaults_render_a_valid_unified_cpu_pool(template: Template) -> None:
+    objects = template()
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    workers = [
+        d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] != f"{PREFIX}-gateway"
+    ]
+    assert [d["metadata"]["name"] for d in workers] == [f"{PREFIX}-decode"]
+    config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
+    loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
+    assert loaded.routing.mode is profiles.RoutingMode.standard
