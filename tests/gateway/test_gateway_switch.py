@@ -1,0 +1,86 @@
+"""Live profile switch under load: 20 concurrent streams while standard -> disaggregated ->
+standard. Every stream completes with the right tokens; nothing gets a 503 while the new
+profile's pools start (requests keep the old route until they are ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import PROFILES, running_app, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+STREAMS = 20
+PROMPTS = ["short prompt", "Sphinx of black quartz, judge my vow. " * 5]  # 12 and 185 tokens
+MAX_TOKENS = 60
+
+
+def _body(prompt: str, stream: bool) -> dict[str, object]:
+    return {"model": "tiny", "prompt": prompt, "max_tokens": MAX_TOKENS, "stream": stream}
+
+
+def _streamed_text(text: str) -> str:
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-3:]
+    return "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+
+
+async def _load(
+    client: httpx.AsyncClient, expected: dict[str, str], stop: asyncio.Event, seen: Counter[str]
+) -> None:
+    n = 0
+    while not stop.is_set():
+        prompt = PROMPTS[n % len(PROMPTS)]
+        n += 1
+        response = await client.post("/v1/completions", json=_body(prompt, True))
+        seen[f"{response.status_code}"] += 1
+        assert response.status_code == 200, response.text
+        seen[response.headers["x-pdserve-route"]] += 1
+        seen[response.headers["x-pdserve-profile"]] += 1
+        assert _streamed_text(response.text) == expected[prompt]
+
+
+async def _switch(client: httpx.AsyncClient, name: str) -> None:
+    answer = await client.put("/admin/profile", json={"name": str(PROFILES / f"{name}.yaml")})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["pending"] == name
+
+    async def active() -> bool:
+        state = (await client.get("/admin/profile")).json()
+        return bool(state["active"] == name and state["pending"] is None)
+
+    async with asyncio.timeout(90):
+        while True:
+            if await active():
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_switch_standard_disaggregated_standard_under_load() -> None:
+    async with running_app("gw-switch-standard") as (app, client):
+        expected = {}
+        for prompt in PROMPTS:
+            answer = await client.post("/v1/completions", json=_body(prompt, False))
+            expected[prompt] = answer.json()["choices"][0]["text"]
+        stop, seen = asyncio.Event(), Counter[str]()
+        load = [asyncio.create_task(_load(client, expected, stop, seen)) for _ in range(STREAMS)]
+        await asyncio.sleep(1)
+        await _switch(client, "gw-switch-disaggregated")
+        await asyncio.sleep(2)
+        await _switch(client, "gw-switch-standard")
+        await asyncio.sleep(1)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load), 60)
+        assert set(seen) >= {"200", "gw-switch-standard", "gw-switch-disaggregated"}
+        assert seen["disaggregated"] > 0 and seen["local"] > 0
+        assert seen["200"] >= 2 * STREAMS
+        manager = app.state.gateway.manager
+        # the prefill pool was drained and removed; the decode pool is back to one replica
+        await until(lambda: set(manager.pools) == {"decode"}, 30)
+        await until(lambda: len(manager.pools["decode"].replicas) == 1, 30)
+        assert len(manager.actuator.pids()) == 1
