@@ -191,7 +191,9 @@ def test_seeded_tiny_model_is_written_into_the_cache_by_an_init_container(
     assert "nvidia.com/gpu" not in worker_container(deployment)["resources"].get("limits", {})
 
 
-PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+# pdserve/actuators/kubernetes.py lists a pool's pods, annotates drained victims with a
+# pod-deletion-cost (patch), and patches (and reads) the Deployment's scale subresource.
+PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]}
 SCALE_RULE = {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]}
 
 
