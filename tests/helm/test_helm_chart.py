@@ -453,3 +453,13 @@ def test_chart_defaults_render_a_valid_unified_cpu_pool(template: Template) -> N
     config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
     loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
     assert loaded.routing.mode is profiles.RoutingMode.standard
+
+
+def test_gateway_stays_in_its_service_when_decode_may_scale_to_zero(
+    template: Template, values_dir: Path
+) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("pools.decode.replicas.min=0",))
+    gateway = named(objects, "Deployment", f"{PREFIX}-gateway")
+    [container] = gateway["spec"]["template"]["spec"]["containers"]
+    # /ready is 503 with no decode replica: the held requests could never arrive
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
