@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+from types import FrameType
 
 import httpx
 import uvicorn
@@ -18,6 +20,18 @@ from pdserve.gateway.app import create_app
 from pdserve.profile import ActuatorKind, Profile
 
 READY_POLL_S = 0.5
+
+
+class StoppableServer(uvicorn.Server):
+    """uvicorn's server, except that after a graceful stop on SIGINT/SIGTERM it returns instead
+    of re-raising the signal, so `pdserve up` exits with its own status once workers stopped."""
+
+    stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.stop_signal = sig
+        self._captured_signals.clear()
 
 
 def local_profile(profile: Profile) -> Profile:
@@ -56,12 +70,12 @@ async def announce_when_ready(server: uvicorn.Server, base_url: str, profile: Pr
     print(f"  try: {curl_example(base_url, profile)}", flush=True)
 
 
-async def serve(profile: Profile, host: str, port: int) -> None:
+async def serve(profile: Profile, host: str, port: int) -> int:
     app = create_app(profile)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
     )
-    server = uvicorn.Server(config)
+    server = StoppableServer(config)
     base_url = f"http://{host}:{port}"
     print(f"starting profile {profile.name}: pools {', '.join(profile.pools)}", flush=True)
     announcer = asyncio.create_task(announce_when_ready(server, base_url, profile))
@@ -69,13 +83,16 @@ async def serve(profile: Profile, host: str, port: int) -> None:
         await server.serve()
     finally:
         announcer.cancel()
+    return 130 if server.stop_signal == signal.SIGINT else 0
 
 
 def run_up(profile: Profile, host: str | None = None, port: int | None = None) -> int:
     profile = local_profile(profile)
     try:
-        asyncio.run(serve(profile, host or profile.gateway.host, port or profile.gateway.port))
+        status = asyncio.run(
+            serve(profile, host or profile.gateway.host, port or profile.gateway.port)
+        )
     except KeyboardInterrupt:
         return 130
-    print("pdserve stopped", file=sys.stderr, flush=True)
-    return 0
+    print("pdserve stopped: every worker is down", file=sys.stderr, flush=True)
+    return status

@@ -1,0 +1,163 @@
+"""A real `pdserve up` subprocess driven with the official openai client: the OpenAI API, the
+ready banner, `pdserve profile use`, and a clean stop on SIGTERM (no workers or ports left)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+
+from pdserve.actuators.local import free_port
+from tests.gateway.conftest import PROFILES
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "up-admin"
+LONG = "How vexingly quick daft zebras jump! " * 5  # 185 tokens >= threshold 64
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[str]
+    base_url: str
+    banner: list[str]
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
+    """Lines of the process's output up to the one containing `marker` (a reader thread keeps
+    the pipe drained afterwards)."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
+        seen.append(line.rstrip())
+        if marker in line:
+            return seen
+    raise AssertionError(f"no {marker!r} within {timeout_s} s: {seen}")
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[Up]:
+    port = free_port()
+    command = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--profile"]
+    command.append(str(PROFILES / "gw-disaggregated.yaml"))
+    env = {**os.environ, "PDSERVE_ADMIN_TOKEN": ADMIN, "PDSERVE_API_KEYS": ""}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        banner = _read_until(process, "try: curl", 120)
+        yield Up(process, f"http://127.0.0.1:{port}", banner)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _client(up: Up) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_banner_prints_base_url_and_a_working_curl(up: Up) -> None:
+    text = "\n".join(up.banner)
+    assert f"{up.base_url}/v1" in text
+    curl = next(line for line in up.banner if "try: curl" in line).split("try: ", 1)[1]
+    output = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+    assert '"chat.completion"' in output.stdout
+
+
+def test_openai_client_completion_chat_stream_and_usage(up: Up) -> None:
+    client = _client(up)
+    raw = client.completions.with_raw_response.create(
+        model="tiny", prompt=LONG, max_tokens=8, temperature=0, seed=1
+    )
+    assert raw.headers["x-pdserve-route"] == "disaggregated"
+    assert raw.headers["x-pdserve-profile"] == "gw-disaggregated"
+    completion = raw.parse()
+    assert completion.usage is not None and completion.usage.completion_tokens == 8
+    chat = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stop=["\n"]
+    )
+    assert chat.headers["x-pdserve-route"] == "local"
+    assert chat.parse().choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": LONG}],
+            max_tokens=7,
+            top_p=0.9,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text) == 7
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="x" * 3000, max_tokens=2)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_profile_use_switches_the_running_gateway(up: Up) -> None:
+    target = str(PROFILES / "gw-standard.yaml")
+    command = [sys.executable, "-m", "pdserve.cli", "profile", "use", target, "--url", up.base_url]
+    denied = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 1 and "401" in denied.stderr
+    result = subprocess.run(
+        [*command, "--admin-token", ADMIN], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    raw = _client(up).completions.with_raw_response.create(model="tiny", prompt=LONG, max_tokens=3)
+    assert raw.headers["x-pdserve-profile"] == "gw-standard"
+    assert raw.headers["x-pdserve-route"] == "local"
+
+
+def _listening(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_sigterm_stops_every_worker_and_frees_every_port(up: Up) -> None:
+    pools = httpx.get(
+        f"{up.base_url}/admin/pools", headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()
+    urls = [e["url"] for pool in pools.values() for e in pool["endpoints"]]
+    assert urls and all(_listening(u) for u in urls)
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(60) == 0
+    assert not any(_listening(u) for u in [*urls, up.base_url])
+    leftovers = subprocess.run(["pgrep", "-f", "pdserve-local-"], capture_output=True, text=True)
+    mine = [pid for pid in leftovers.stdout.split() if _child_of(int(pid), up.process.pid)]
+    assert not mine
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) == parent
+    except (OSError, ValueError, IndexError):
+        return False
