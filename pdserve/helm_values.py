@@ -244,6 +244,12 @@ class HelmValues(ChartStrict):
         unknown = sorted({p.accelerator for p in self.pools.values()} - set(self.accelerators))
         if unknown:
             raise ValueError(f"pools use accelerators {unknown} missing from `accelerators`")
+        spanning = sorted(name for name, pool in self.pools.items() if pool.nodes > 1)
+        if spanning and self.autoscaling.mode is AutoscalingMode.pdserve:
+            raise ValueError(
+                f"pools {spanning} span nodes (LeaderWorkerSet), which the gateway's kubernetes "
+                "actuator does not scale: set autoscaling.mode: keda or none"
+            )
         self.to_profile("values")  # the profile's own rules across pools (roles vs routing)
         return self
 

@@ -387,7 +387,9 @@ def test_schema_rejects_an_impossible_value_and_an_unknown_mode(
 
 
 def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_dir: Path) -> None:
-    objects = template(values_dir / "a100-l4.yaml", sets=("pools.prefill.nodes=2",))
+    objects = template(
+        values_dir / "a100-l4.yaml", sets=("pools.prefill.nodes=2", "autoscaling.mode=keda")
+    )
     [group] = of_kind(objects, "LeaderWorkerSet")
     assert group["metadata"]["name"] == f"{PREFIX}-prefill"
     spec = group["spec"]["leaderWorkerTemplate"]
@@ -400,12 +402,24 @@ def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_d
     assert not [
         d for d in of_kind(objects, "Deployment") if d["metadata"]["name"].endswith("prefill")
     ]
-    lws_rule = {
-        "apiGroups": ["leaderworkerset.x-k8s.io"],
-        "resources": ["leaderworkersets/scale"],
-        "verbs": ["get", "patch"],
-    }
-    assert _gateway_rbac(objects) == [PODS_RULE, SCALE_RULE, lws_rule]
+    [scaled] = [
+        obj
+        for obj in of_kind(objects, "ScaledObject")
+        if obj["spec"]["scaleTargetRef"]["name"] == f"{PREFIX}-prefill"
+    ]
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"
+
+
+def test_pool_spanning_nodes_needs_an_autoscaler_that_scales_leader_worker_sets(
+    helm: Path, values_dir: Path
+) -> None:
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART_DIR), "-f", str(values_dir / "a100-l4.yaml"),
+        "--set", "pools.prefill.nodes=2",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "pools.prefill.nodes: 2" in result.stderr
+    assert "autoscaling.mode: keda or none" in result.stderr
 
 
 def test_http_route_and_service_monitor_target_the_gateway_service(

@@ -108,6 +108,13 @@ def test_values_models_reject_typos_and_cross_pool_mistakes() -> None:
     no_prefill = {**base, "pools": {"decode": base["pools"]["decode"]}}
     with pytest.raises(ValidationError, match="no prefill pool"):
         HelmValues.model_validate(no_prefill)
+    spanning = {
+        **base,
+        "pools": {**base["pools"], "prefill": {**base["pools"]["prefill"], "nodes": 2}},
+    }
+    with pytest.raises(ValidationError, match="keda or none"):
+        HelmValues.model_validate(spanning)
+    HelmValues.model_validate({**spanning, "autoscaling": {"mode": "keda"}})
     missing = {**base, "accelerators": {"nvidia-l4": base["accelerators"]["nvidia-l4"]}}
     with pytest.raises(ValidationError, match="nvidia-a100-80gb"):
         HelmValues.model_validate(missing)
