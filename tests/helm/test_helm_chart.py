@@ -243,8 +243,17 @@ def test_gateway_deployment_reads_the_profile_and_probes_health_and_ready(
     ]
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    [volume] = pod["volumes"]
-    assert volume["configMap"]["name"] == f"{PREFIX}-gateway-profile"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["profile"]["configMap"]["name"] == f"{PREFIX}-gateway-profile"
+    # the tokenizer under the profile's model path, read-only, to count prompt tokens
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "pdserve-models"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["model-cache"] == {
+        "name": "model-cache",
+        "mountPath": "/models",
+        "readOnly": True,
+    }
+    assert profiles.load("a100-l4").model.source.startswith("/models/")
     service = named(objects, "Service", f"{PREFIX}-gateway")
     assert service["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
 
