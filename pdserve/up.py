@@ -73,7 +73,12 @@ async def announce_when_ready(server: uvicorn.Server, base_url: str, profile: Pr
 async def serve(profile: Profile, host: str, port: int) -> int:
     app = create_app(profile)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
     )
     server = StoppableServer(config)
     base_url = f"http://{host}:{port}"

@@ -1,0 +1,145 @@
+"""The gateway's added latency and its throughput, next to direct calls to the same worker.
+
+Starts `pdserve up` with one simulated worker whose model time is ~0 (bench/profiles/
+gateway-overhead.yaml), then in the same run:
+1. latency: sequential requests, alternating direct and through the gateway; p50/p99 of each and
+   the difference (target: <= 1 ms added at p50);
+2. throughput: `--concurrency` closed-loop clients for `--duration` seconds, direct, then through
+   the gateway (target: >= 50% of direct requests/s).
+
+    python -m bench.gateway_overhead --requests 500 --concurrency 32 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from pdserve.actuators.local import free_port
+
+PROFILE = Path(__file__).parent / "profiles" / "gateway-overhead.yaml"
+BODY = {"model": "tiny", "prompt": "hello", "max_tokens": 1, "temperature": 0}
+READY_TIMEOUT_S = 120.0
+
+
+def start_gateway(port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "pdserve.cli", "up", "--profile", str(PROFILE)]
+    command += ["--port", str(port)]
+    env = {**os.environ, "PDSERVE_API_KEYS": "", "PDSERVE_ADMIN_TOKEN": ""}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+async def wait_worker_url(gateway: str) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"{gateway}/ready")).status_code == 200:
+                    pools = (await client.get(f"{gateway}/admin/pools")).json()
+                    return str(pools["decode"]["endpoints"][0]["url"])
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"gateway at {gateway} not ready within {READY_TIMEOUT_S} s")
+
+
+async def one(client: httpx.AsyncClient, url: str) -> float:
+    started = time.perf_counter()
+    response = await client.post(f"{url}/v1/completions", json=BODY)
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+async def latency(client: httpx.AsyncClient, direct: str, gateway: str, n: int) -> dict[str, float]:
+    for url in (direct, gateway):  # warm connections and code paths
+        for _ in range(20):
+            await one(client, url)
+    samples: dict[str, list[float]] = {"direct": [], "gateway": []}
+    for _ in range(n):
+        samples["direct"].append(await one(client, direct))
+        samples["gateway"].append(await one(client, gateway))
+    out = {}
+    for name, values in samples.items():
+        out[f"{name}_p50_ms"] = float(np.percentile(values, 50) * 1000)
+        out[f"{name}_p99_ms"] = float(np.percentile(values, 99) * 1000)
+    out["added_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]
+    out["added_p99_ms"] = out["gateway_p99_ms"] - out["direct_p99_ms"]
+    return out
+
+
+async def throughput(url: str, concurrency: int, duration_s: float) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        deadline = time.perf_counter() + duration_s
+        done = 0
+
+        async def loop() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await one(client, url)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def measure(args: argparse.Namespace, gateway: str) -> dict[str, float]:
+    direct = await wait_worker_url(gateway)
+    async with httpx.AsyncClient(timeout=30) as client:
+        result = await latency(client, direct, gateway, args.requests)
+    result["direct_rps"] = await throughput(direct, args.concurrency, args.duration)
+    result["gateway_rps"] = await throughput(gateway, args.concurrency, args.duration)
+    result["throughput_ratio"] = result["gateway_rps"] / result["direct_rps"]
+    return result
+
+
+def report(result: dict[str, float]) -> str:
+    p50_ok = "ok" if result["added_p50_ms"] <= 1.0 else "MISSED"
+    rps_ok = "ok" if result["throughput_ratio"] >= 0.5 else "MISSED"
+    return "\n".join(
+        [
+            "| | direct | gateway | added / ratio | target |",
+            "|---|---|---|---|---|",
+            f"| p50 latency (ms) | {result['direct_p50_ms']:.3f} | {result['gateway_p50_ms']:.3f}"
+            f" | +{result['added_p50_ms']:.3f} | <= 1 ms: {p50_ok} |",
+            f"| p99 latency (ms) | {result['direct_p99_ms']:.3f} | {result['gateway_p99_ms']:.3f}"
+            f" | +{result['added_p99_ms']:.3f} | |",
+            f"| max requests/s | {result['direct_rps']:.0f} | {result['gateway_rps']:.0f}"
+            f" | {result['throughput_ratio']:.0%} | >= 50%: {rps_ok} |",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500, help="sequential latency samples")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    port = free_port()
+    process = start_gateway(port)
+    try:
+        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
