@@ -9,8 +9,16 @@ with the real `kubernetes` client, so each call it makes is checked against the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,17 +68,18 @@ def allowed(rules: list[dict[str, Any]], access: Access) -> bool:
 @dataclass
 class ApiServer:
     rules: list[dict[str, Any]]
+    pod_ip: str = "10.0.0.7"
     seen: list[Access] = field(default_factory=list)
     denied: list[Access] = field(default_factory=list)
 
 
-def _pod(name: str, pool: str) -> dict[str, Any]:
+def _pod(name: str, pool: str, ip: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"pdserve.io/pool": pool}},
         "spec": {"containers": [{"name": "worker", "image": "vllm"}]},
-        "status": {"phase": "Running", "podIP": "10.0.0.7"},
+        "status": {"phase": "Running", "podIP": ip},
     }
 
 
@@ -95,9 +104,7 @@ def make_handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
                 server.denied.append(access)
                 return self._json(403, {"kind": "Status", "status": "Failure", "code": 403})
             if access[2] == "pods":
-                pod = _pod("pd-pdserve-decode-x", "decode")
-                body = pod if access[0] == "patch" else {"kind": "PodList", "items": [pod]}
-                return self._json(200, {"apiVersion": "v1", "metadata": {}, **body})
+                return self._pods(access[0], url.path, parse_qs(url.query))
             assert access[2] == "deployments/scale", access  # the only other thing granted
             deployment = url.path.strip("/").split("/")[-2]
             scale = {
@@ -108,6 +115,16 @@ def make_handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
                 "status": {"replicas": 2},
             }
             self._json(200, scale)
+
+        def _pods(self, verb: str, path: str, query: dict[str, list[str]]) -> None:
+            """One running pod per pool: `<prefix>-<pool>-0`, labelled with its pool."""
+            if verb == "patch":
+                name = path.rsplit("/", 1)[-1]
+                return self._json(200, _pod(name, name.split("-")[-2], server.pod_ip))
+            selector = query.get("labelSelector", [""])[0]
+            pool = selector.removeprefix("pdserve.io/pool=")
+            items = [_pod(f"{PREFIX}-{pool}-0", pool, server.pod_ip)]
+            self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
         def _json(self, code: int, payload: Any) -> None:
             data = json.dumps(payload).encode()
@@ -204,3 +221,84 @@ async def test_a_missing_rule_is_denied(rendered: dict[str, Objects], serve: Any
         await kube.close()
     assert denied.value.status == 403
     assert state.denied == [("patch", "apps", "deployments/scale")]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _kubeconfig(path: Path, server_url: str) -> Path:
+    """A kubeconfig naming the fake API server (as the gateway's in-cluster account would)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server_url}}],
+        "users": [{"name": "gateway", "user": {"token": "service-account-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "gateway"}}],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _wait_for(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.mark.parametrize("mode", ["pdserve", "keda"])
+def test_the_real_gateway_runs_with_the_charts_profile_within_its_role(
+    template: Template, values_dir: Path, serve: Any, tmp_path: Path, mode: str
+) -> None:
+    worker_port = _free_port()  # nothing listens: the pods never turn ready
+    objects = template(
+        values_dir / "a100-l4.yaml", sets=(f"autoscaling.mode={mode}", f"vllm.port={worker_port}")
+    )
+    config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
+    profile_file = tmp_path / "profile.yaml"
+    profile_file.write_text(config["data"]["profile.yaml"])
+    [role] = of_kind(objects, "Role")
+    state, api_url = serve(role["rules"])
+    state.pod_ip = "127.0.0.1"
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(_kubeconfig(tmp_path / "kube", api_url)),
+    }
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    port = _free_port()
+    command = [sys.executable, "-m", "pdserve.cli", "gateway", "--profile", str(profile_file)]
+    gateway = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _get(f"{base}/health") == 200, 90, "the gateway's /health")
+        _wait_for(lambda: ("list", "", "pods") in state.seen, 30, "pod discovery")
+        assert _get(f"{base}/ready") == 503  # the decode pod never answers its probe
+    finally:
+        gateway.terminate()
+        try:
+            _, stderr = gateway.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            _, stderr = gateway.communicate(timeout=10)
+    assert state.denied == [], stderr[-3000:]
+    scaled = ("patch", "apps", "deployments/scale") in state.seen  # initial replicas applied
+    assert scaled is (mode == "pdserve")
