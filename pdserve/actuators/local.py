@@ -28,7 +28,8 @@ from pdserve.actuators.base import ReplicaHandle
 from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
 from pdserve.profile import Profile
 
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 45.0
+"""A worker forwards SIGTERM to its server and waits up to ~30 s for it before giving up."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,14 +142,21 @@ class LocalActuator:
             )
         finally:
             log_file.close()
-        labels = {SPEC_LABEL: worker_spec_key(profile, pool), "log": str(log_file.name)}
+        labels = {
+            SPEC_LABEL: worker_spec_key(profile, pool),
+            "log": str(log_file.name),
+            "pid": str(process.pid),
+        }
         handle = ReplicaHandle(
             replica_id, pool, f"http://{self._host}:{port}", True, time.monotonic(), labels
         )
         return LocalReplica(handle, process, core)
 
     async def _stop(self, replica: LocalReplica) -> None:
+        """SIGTERM the worker's group, SIGKILL the group and every descendant after the bound
+        (a worker may start its server in a session of its own)."""
         process = replica.process
+        descendants = process_tree(process.pid)
         if process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
             try:
@@ -156,10 +164,32 @@ class LocalActuator:
             except TimeoutError:
                 _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
-        # children left in the group after the leader exited
         _signal_group(process.pid, signal.SIGKILL)
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def process_tree(root: int) -> list[int]:
+    """Every descendant of `root` alive now (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, frontier = [], list(children.get(root, []))
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return tree

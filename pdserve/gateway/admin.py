@@ -43,6 +43,7 @@ def pools_view(manager: PoolManager, now: float) -> dict[str, Any]:
                     "waiting": r.waiting,
                     "running": r.running,
                     "kv_usage": r.kv_usage,
+                    "labels": r.handle.labels,
                 }
                 for r in pool.replicas.values()
             ],
