@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -18,11 +19,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from pdserve.disagg import prefill_request
 from pdserve.workers.checkpoint import ensure_model
 from pdserve.workers.cli import free_port
 from pdserve.workers.pinning import process_tree
@@ -87,6 +92,7 @@ class Cluster:
         self.model = model
         self.log_dir = log_dir
         self.running: dict[str, Worker] = {}
+        self.lease_s = LEASE_S
         self.starts: list[tuple[str, float]] = []  # (name, seconds to ready), for the report
 
     def require(self, *names: str) -> dict[str, Worker]:
@@ -111,8 +117,16 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def _spawn(self, name: str) -> Worker:
-        port, side = free_port(), free_port()
+    def restart(self, name: str) -> Worker:
+        """Stop `name` and start it again on the same ports (a new vLLM engine id)."""
+        old = self.running[name]
+        self.stop(name)
+        self.running[name] = self._spawn(name, old.port, old.side_channel_port)
+        self._wait_ready(self.running[name])
+        return self.running[name]
+
+    def _spawn(self, name: str, port: int | None = None, side: int | None = None) -> Worker:
+        port, side = port or free_port(), side or free_port()
         log_path = self.log_dir / f"{name}-{port}.log"
         argv = [sys.executable, "-m", "pdserve.cli", "worker", *WORKERS[name]]
         argv += ["--model", str(self.model), "--served-model-name", "tiny"]
@@ -177,6 +191,78 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# ---- requests: the P/D hop built from pdserve.disagg, calls through the openai client ----
+
+MAX_TOKENS = 24
+CHAT_OVERHEAD = 3  # "<|user|>" + "\n" + "<|assistant|>" around the content
+
+
+def prompt_text(length: int, salt: str) -> str:
+    """`length` printable ASCII characters (= tokens: the tiny tokenizer is one per byte),
+    unique per salt so no worker serves it from its prefix cache."""
+    rng = random.Random(f"{salt}/{length}")
+    return "".join(chr(rng.randrange(32, 127)) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class Output:
+    text: str
+    token_ids: list[int]
+
+
+def body_for(api: str, length: int, stream: bool) -> dict[str, Any]:
+    salt = f"{api}-{stream}"
+    common: dict[str, Any] = {"model": "tiny", "max_tokens": MAX_TOKENS, "temperature": 0}
+    if api == "chat":
+        content = prompt_text(max(length - CHAT_OVERHEAD, 1), salt)
+        body = {**common, "messages": [{"role": "user", "content": content}]}
+    else:
+        body = {**common, "prompt": prompt_text(length, salt)}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+EXTRA_KEYS = ("kv_transfer_params",)
+
+
+def call(base_url: str, body: dict[str, Any]) -> Output:
+    """One request through the official openai client; vLLM extras go in extra_body."""
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", timeout=120, max_retries=0)
+    params = {k: v for k, v in body.items() if k not in EXTRA_KEYS}
+    extra = {k: body[k] for k in EXTRA_KEYS if k in body}
+    extra.update({"return_token_ids": True, "ignore_eos": True})
+    create = client.chat.completions.create if "messages" in body else client.completions.create
+    response = create(**params, extra_body=extra)
+    if not body.get("stream"):
+        choice = response.choices[0]
+        text = choice.message.content if "messages" in body else choice.text
+        return Output(text or "", list(choice.model_extra["token_ids"]))
+    text, token_ids = [], []
+    for chunk in response:
+        for choice in chunk.choices:
+            piece = choice.delta.content if "messages" in body else choice.text
+            text.append(piece or "")
+            token_ids.extend(choice.model_extra.get("token_ids") or [])
+    return Output("".join(text), token_ids)
+
+
+def prefill(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    response = httpx.post(f"{base_url}{path}", json=prefill_request(body), timeout=120)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture(scope="session")
+def pd() -> SimpleNamespace:
+    """The request helpers above, for tests (conftest modules are not imported by name)."""
+    return SimpleNamespace(
+        MAX_TOKENS=MAX_TOKENS, body_for=body_for, call=call, prefill=prefill, Output=Output
+    )
 
 
 @pytest.fixture(scope="session")
