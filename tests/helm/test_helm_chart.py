@@ -486,3 +486,14 @@ def test_gateway_stays_in_its_service_when_decode_may_scale_to_zero(
     [container] = gateway["spec"]["template"]["spec"]["containers"]
     # /ready is 503 with no decode replica: the held requests could never arrive
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_tensor_parallel_size_sets_the_gpus_and_the_flag(
+    template: Template, values_dir: Path
+) -> None:
+    objects = template(values_dir / "a100-l4.yaml", sets=("pools.prefill.tensorParallelSize=4",))
+    prefill = worker_container(named(objects, "Deployment", f"{PREFIX}-prefill"))
+    assert prefill["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert _args(prefill)["--tensor-parallel-size"] == "4"
+    decode = worker_container(named(objects, "Deployment", f"{PREFIX}-decode"))
+    assert decode["resources"]["limits"]["nvidia.com/gpu"] == 1

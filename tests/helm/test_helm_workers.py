@@ -120,34 +120,59 @@ class _Metrics(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def idle_worker() -> Iterator[int]:
-    """A /metrics endpoint that reports no running or waiting request."""
-    handler = type(
-        "Idle",
-        (_Metrics,),
-        {
-            "body": b'vllm:num_requests_running{model_name="m"} 0.0\n'
-            b'vllm:num_requests_waiting{model_name="m"} 0.0\n'
-        },
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def worker_metrics() -> Iterator[Callable[[int], tuple[int, list[float]]]]:
+    """A /metrics endpoint busy (one running request) for its first `busy_polls` scrapes, then
+    idle; returns its port and the times it was scraped."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(busy_polls: int) -> tuple[int, list[float]]:
+        scrapes: list[float] = []
+
+        class Handler(_Metrics):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                scrapes.append(time.monotonic())
+                running = 1.0 if len(scrapes) <= busy_polls else 0.0
+                self.body = (
+                    f'vllm:num_requests_running{{model_name="m"}} {running}\n'
+                    'vllm:num_requests_waiting{model_name="m"} 0.0\n'
+                ).encode()
+                super().do_GET()
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1], scrapes
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-def test_prestop_drain_returns_once_the_worker_is_idle(
-    rendered: dict[str, Objects], idle_worker: int
-) -> None:
+def _drain_script(rendered: dict[str, Objects], port: int) -> str:
     container = worker_container(named(rendered["a100-l4"], "Deployment", f"{PREFIX}-decode"))
     script = container["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "deadline = time.monotonic() + 300" in script  # the pool's drain_timeout_s
-    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{idle_worker}")
+    return script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+
+def _run(script: str) -> float:
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 20  # 5 s grace, then idle at the first look
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("busy_polls", [0, 2])
+def test_prestop_drain_waits_until_the_worker_is_idle(
+    rendered: dict[str, Objects],
+    worker_metrics: Callable[[int], tuple[int, list[float]]],
+    busy_polls: int,
+) -> None:
+    port, scrapes = worker_metrics(busy_polls)
+    elapsed = _run(_drain_script(rendered, port))
+    assert len(scrapes) == busy_polls + 1  # polled while busy, returned at the first idle look
+    # a 5 s grace for the gateway to stop routing, then a poll every 2 s while busy
+    assert 5 + 2 * busy_polls <= elapsed < 5 + 2 * busy_polls + 10
