@@ -70,7 +70,16 @@ def _add_explicit_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--max-num-seqs", type=int, default=64)
     group.add_argument("--tensor-parallel-size", type=int, default=1)
     group.add_argument(
-        "--kv-load-failure-policy", choices=["recompute", "fail"], default="recompute"
+        "--kv-load-failure-policy",
+        choices=["recompute", "fail"],
+        default=None,
+        help="a failed KV pull: recompute locally (default) or fail the request",
+    )
+    group.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip torch.compile and CUDA graphs (fast start; the default)",
     )
     group.add_argument(
         "--block-lease-s",
@@ -105,14 +114,16 @@ def main(args: argparse.Namespace) -> int:
         print("error: --port is required", file=sys.stderr)
         return 2
     try:
-        spec = _spec(args, loaded)
+        spec = worker_spec(args, loaded)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return _launch(spec, args.ready_timeout)
 
 
-def _spec(args: argparse.Namespace, loaded: profiles.Profile | None) -> WorkerSpec:
+def worker_spec(args: argparse.Namespace, loaded: profiles.Profile | None) -> WorkerSpec:
+    """The worker's spec from parsed flags (and the loaded profile in profile mode), with the
+    model resolved to a checkpoint directory and a side-channel port picked when needed."""
     from pdserve.workers.checkpoint import ensure_model
 
     cores = tuple(sorted(parse_cpu_list(args.cores))) if args.cores else ()
@@ -147,7 +158,8 @@ def _explicit_spec(args: argparse.Namespace, cores: tuple[int, ...]) -> WorkerSp
         tensor_parallel_size=args.tensor_parallel_size,
         kv_connector=connector,
         kv_buffer_device=args.device,
-        kv_load_failure_policy=args.kv_load_failure_policy,
+        kv_load_failure_policy=args.kv_load_failure_policy or "recompute",
+        enforce_eager=args.enforce_eager,
         block_lease_s=args.block_lease_s,
         ucx_tls=args.ucx_tls,
         cores=cores,
