@@ -17,7 +17,7 @@ PROFILES = Path(__file__).parent / "profiles"
 READY_TIMEOUT_S = 120.0
 
 
-def test_profile(name: str) -> profiles.Profile:
+def gateway_profile(name: str) -> profiles.Profile:
     return profiles.load(str(PROFILES / f"{name}.yaml"))
 
 
@@ -43,7 +43,7 @@ async def running_app(
     name: str, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The gateway app for tests/gateway/profiles/NAME.yaml, lifespan run, workers ready."""
-    app = create_app(test_profile(name), env=env or {}, autoscale=False)
+    app = create_app(gateway_profile(name), env=env or {}, autoscale=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
