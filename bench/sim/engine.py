@@ -7,8 +7,8 @@ does), so a request costs the same in a 1,000-replica pool as in a small one. Li
 gateway, it holds a request only while its pool has no ready replica. The autoscaler part calls
 a `Scaler` every `interval_s` with the same `PoolSnapshot` the gateway builds.
 
-KV moves after the prefill, before the decode replica is picked (the gateway picks it when the
-prefill answers; the transfer time is then added before the sequence joins the batch).
+A disaggregated request's decode replica is picked when its KV has arrived (prefill end plus
+`kv_transfer_seconds`); the real gateway picks it when the prefill answers, one transfer earlier.
 """
 
 from __future__ import annotations
