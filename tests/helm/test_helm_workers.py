@@ -175,4 +175,4 @@ def test_prestop_drain_waits_until_the_worker_is_idle(
     elapsed = _run(_drain_script(rendered, port))
     assert len(scrapes) == busy_polls + 1  # polled while busy, returned at the first idle look
     # a 5 s grace for the gateway to stop routing, then a poll every 2 s while busy
-    assert 5 + 2 * busy_polls <= elapsed < 5 + 2 * busy_polls + 10
+    assert elapsed >= 5 + 2 * busy_polls
