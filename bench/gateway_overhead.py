@@ -94,13 +94,24 @@ async def throughput(url: str, concurrency: int, duration_s: float) -> float:
         return done / (time.perf_counter() - started)
 
 
-async def measure(args: argparse.Namespace, gateway: str) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (the gateway, without its workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(args: argparse.Namespace, gateway: str, pid: int) -> dict[str, float]:
     direct = await wait_worker_url(gateway)
     async with httpx.AsyncClient(timeout=30) as client:
         result = await latency(client, direct, gateway, args.requests)
     result["direct_rps"] = await throughput(direct, args.concurrency, args.duration)
+    cpu_before = cpu_seconds(pid)
     result["gateway_rps"] = await throughput(gateway, args.concurrency, args.duration)
+    served = result["gateway_rps"] * args.duration
+    result["gateway_cpu_ms_per_request"] = (cpu_seconds(pid) - cpu_before) / served * 1000
     result["throughput_ratio"] = result["gateway_rps"] / result["direct_rps"]
+    result["load_average_1m"] = os.getloadavg()[0]
+    result["cpus"] = float(os.cpu_count() or 0)
     return result
 
 
@@ -117,6 +128,10 @@ def report(result: dict[str, float]) -> str:
             f" | +{result['added_p99_ms']:.3f} | |",
             f"| max requests/s | {result['direct_rps']:.0f} | {result['gateway_rps']:.0f}"
             f" | {result['throughput_ratio']:.0%} | >= 50%: {rps_ok} |",
+            f"| gateway CPU per request (ms) | | {result['gateway_cpu_ms_per_request']:.3f} | | |",
+            "",
+            f"{result['cpus']:.0f} CPUs, 1-minute load average {result['load_average_1m']:.1f} "
+            "(client, gateway and worker share them)",
         ]
     )
 
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     process = start_gateway(port)
     try:
-        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}"))
+        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}", process.pid))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)

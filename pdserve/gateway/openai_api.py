@@ -20,6 +20,7 @@ from pdserve.gateway.state import Gateway
 from pdserve.policies.routing import decide_route
 from pdserve.policies.types import RoutingSnapshot
 from pdserve.pools.manager import PoolManager
+from pdserve.pools.prefix import block_hashes
 from pdserve.profile import Profile
 
 AFFINITY_PREFIX_CHARS = 512
@@ -74,10 +75,14 @@ async def exchange_for(gw: Gateway, request: Request, chat: bool) -> Exchange:
         raise OpenAIError(
             404, f"The model `{body['model']}` does not exist.", "model_not_found", "model"
         )
-    prompt_tokens = await gw.counter.count(body)
+    prompt_tokens, token_ids = await gw.counter.encode(body)
     check_length(profile, body, prompt_tokens)
+    key = affinity_key(body)
+    decode = profile.decode_pool
+    hashes = block_hashes(token_ids, gw.manager.block_size(decode))
+    cached = gw.manager.expected_cached_tokens(decode, key, hashes)
     snapshot = routing_snapshot(gw.manager, profile, time.monotonic())
-    decision = decide_route(profile, prompt_tokens, snapshot)
+    decision = decide_route(profile, prompt_tokens - cached, snapshot)
     return Exchange(
         path=request.url.path,
         body=body,
@@ -86,7 +91,8 @@ async def exchange_for(gw: Gateway, request: Request, chat: bool) -> Exchange:
         route=decision.route,
         prompt_tokens=prompt_tokens,
         priority=priority,
-        affinity_key=affinity_key(body),
+        affinity_key=key,
+        block_hashes=hashes,
     )
 
 

@@ -43,6 +43,7 @@ class Exchange:
     prompt_tokens: int
     priority: int = 0
     affinity_key: str | None = None
+    block_hashes: list[int] = field(default_factory=list)  # the prompt's KV blocks
     arrived: float = field(default_factory=time.monotonic)
 
     @property
@@ -129,10 +130,14 @@ class Forwarder:
             replica = await self.acquire(ex, pool, tried)
             tried.add(replica.id)
             try:
-                return await self._send(ex, replica, body)
+                response = await self._send(ex, replica, body)
             except RetryableFailure as exc:
                 last_error = str(exc)
                 log.warning("decode on %s failed before the first token: %s", replica.id, exc)
+                continue
+            if response.status_code == 200:
+                self.manager.record_prefix(pool, replica, ex.block_hashes)
+            return response
         raise OpenAIError(503, f"every attempt failed: {last_error}", "replica_failed", None, 1)
 
     async def _send(self, ex: Exchange, replica: Replica, body: dict[str, Any]) -> Response:

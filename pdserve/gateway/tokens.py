@@ -57,20 +57,25 @@ class PromptCounter:
         prompt = body.get("prompt", "")
         return prompt if isinstance(prompt, str) else "".join(str(p) for p in prompt)
 
-    def count_sync(self, body: dict[str, Any]) -> int:
+    def encode_sync(self, body: dict[str, Any]) -> tuple[int, list[int]]:
+        """(prompt tokens, their ids); no ids when the tokenizer is missing (an estimate)."""
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            return len(prompt)
+            return len(prompt), list(prompt)
         text = self.prompt_text(body)
         if self._tokenizer is None:
-            return (len(text.encode()) + 3) // 4
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+            return (len(text.encode()) + 3) // 4, []
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return len(ids), ids
+
+    async def encode(self, body: dict[str, Any]) -> tuple[int, list[int]]:
+        """Short prompts are tokenized inline (microseconds); long ones in a thread."""
+        if _body_chars(body) <= INLINE_COUNT_CHARS:
+            return self.encode_sync(body)
+        return await asyncio.to_thread(self.encode_sync, body)
 
     async def count(self, body: dict[str, Any]) -> int:
-        """Short prompts are counted inline (microseconds); long ones in a thread."""
-        if _body_chars(body) <= INLINE_COUNT_CHARS:
-            return self.count_sync(body)
-        return await asyncio.to_thread(self.count_sync, body)
+        return (await self.encode(body))[0]
 
 
 def _body_chars(body: dict[str, Any]) -> int:

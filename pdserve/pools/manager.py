@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from pdserve.actuators.base import Actuator
-from pdserve.policies.picking import pick
+from pdserve.policies.picking import pick, preferred_replica
 from pdserve.policies.types import ScaleDecision
 from pdserve.pools.hold import Overloaded
 from pdserve.pools.pool import Pool, drain_victims, wait_drained
@@ -25,11 +25,12 @@ from pdserve.pools.scraper import probe_all
 from pdserve.pools.snapshot import PoolSnapshot
 from pdserve.pools.switch import ProfileSwitch
 from pdserve.pools.workerspec import worker_spec_key
-from pdserve.profile import Profile
+from pdserve.profile import Device, Picker, Profile
 
 log = logging.getLogger(__name__)
 
 StartupObserver = Callable[[str, float], None]
+CPU_BLOCK_SIZE, GPU_BLOCK_SIZE = 128, 16  # vLLM's KV block sizes (tokens)
 
 
 class NoReplica(Exception):
@@ -65,7 +66,9 @@ class PoolManager:
 
     def _new_pool(self, profile: Profile, name: str) -> Pool:
         queue_limit = profile.gateway.max_queued_per_pool
-        return Pool(name, profile.pools[name], worker_spec_key(profile, name), queue_limit)
+        block_size = CPU_BLOCK_SIZE if profile.engine.device is Device.cpu else GPU_BLOCK_SIZE
+        key = worker_spec_key(profile, name)
+        return Pool(name, profile.pools[name], key, queue_limit, block_size)
 
     async def start(self) -> None:
         for name in self.profile.pools:
@@ -135,7 +138,7 @@ class PoolManager:
             )
         await self.actuator.scale(pool.name, desired, [v.id for v in victims])
         for victim in victims:
-            pool.replicas.pop(victim.id, None)
+            pool.remove(victim.id)
 
     # --- the gateway's interface ----------------------------------------------------------
 
@@ -194,6 +197,32 @@ class PoolManager:
         replica.inflight = max(0, replica.inflight - 1)
         replica.inflight_prompt_tokens = max(0, replica.inflight_prompt_tokens - prompt_tokens)
 
+    def expected_cached_tokens(
+        self, pool_name: str, affinity_key: str | None, hashes: list[int]
+    ) -> int:
+        """Prompt tokens the replica this request will likely land on has cached: with
+        prefix-affinity the preferred replica's longest cached prefix; otherwise 0 (no
+        expectation of landing on a warm replica)."""
+        pool = self.pools.get(pool_name)
+        if pool is None or not hashes or affinity_key is None:
+            return 0
+        if self.profile.routing.picker is not Picker.prefix_affinity:
+            return 0
+        candidates = pool.serving()
+        if not candidates:
+            return 0
+        preferred = preferred_replica([r.load() for r in candidates], affinity_key)
+        return pool.prefixes.cached_tokens(preferred.id, hashes)
+
+    def record_prefix(self, pool_name: str, replica: Replica, hashes: list[int]) -> None:
+        pool = self.pools.get(pool_name)
+        if pool is not None and hashes:
+            pool.prefixes.record(replica.id, hashes)
+
+    def block_size(self, pool_name: str) -> int:
+        pool = self.pools.get(pool_name)
+        return pool.prefixes.block_size if pool is not None else GPU_BLOCK_SIZE
+
     def ready_count(self, pool_name: str) -> int:
         pool = self.pools.get(pool_name)
         return len(pool.serving()) if pool is not None else 0
@@ -232,7 +261,7 @@ class PoolManager:
                 known.handle = handle
                 known.alive = handle.alive
         for replica_id in [rid for rid in pool.replicas if rid not in handles]:
-            pool.replicas.pop(replica_id)
+            pool.remove(replica_id)
 
     def _note_startups(self, pool: Pool, now: float) -> None:
         for replica in pool.replicas.values():
@@ -250,4 +279,4 @@ class PoolManager:
             size = len(pool.members()) + len(dead)
             await self.actuator.scale(pool.name, size, [r.id for r in dead])
             for replica in dead:
-                pool.replicas.pop(replica.id, None)
+                pool.remove(replica.id)

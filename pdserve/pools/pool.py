@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pdserve.policies.picking import PickerState
 from pdserve.policies.types import ScaleDecision
 from pdserve.pools.hold import HoldQueue
+from pdserve.pools.prefix import PrefixIndex
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
 from pdserve.pools.workerspec import SPEC_LABEL
 from pdserve.profile import PoolSpec
@@ -17,7 +18,9 @@ RECENT_DECISIONS = 20
 
 
 class Pool:
-    def __init__(self, name: str, spec: PoolSpec, spec_key: str, queue_limit: int) -> None:
+    def __init__(
+        self, name: str, spec: PoolSpec, spec_key: str, queue_limit: int, block_size: int = 16
+    ) -> None:
         self.name = name
         self.spec = spec
         self.spec_key = spec_key  # the generation that serves; others are starting or leaving
@@ -28,6 +31,7 @@ class Pool:
         self.decisions: deque[ScaleDecision] = deque(maxlen=RECENT_DECISIONS)
         self.lock = asyncio.Lock()  # one actuator change at a time
         self.prefill_tokens_per_s: float | None = None
+        self.prefixes = PrefixIndex(block_size)
 
     def of_generation(self, replica: Replica, key: str | None = None) -> bool:
         label = replica.handle.labels.get(SPEC_LABEL)
@@ -47,6 +51,10 @@ class Pool:
 
     def state_counts(self) -> dict[str, int]:
         return {state.value: self.count(state) for state in ReplicaState}
+
+    def remove(self, replica_id: str) -> None:
+        self.replicas.pop(replica_id, None)
+        self.prefixes.forget(replica_id)
 
     def members(self) -> list[Replica]:
         """Replicas that count towards the pool's size: alive and not draining."""
