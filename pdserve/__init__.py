@@ -1,3 +1,3 @@
-"""pdserve: a disaggregated prefill/decode serving orchestrator for LLMs, with vLLM as its engine."""
+"""pdserve: disaggregated prefill/decode serving for LLMs, with vLLM as its engine."""
 
 __version__ = "0.1.0"

@@ -32,8 +32,10 @@ def _profile_show(args: argparse.Namespace) -> int:
 def _profile_validate(args: argparse.Namespace) -> int:
     for path in args.paths:
         loaded = profiles.load(path)
-        print(f"{path}: ok ({loaded.name}: {loaded.routing.mode.value}, "
-              f"pools {', '.join(loaded.pools)})")
+        print(
+            f"{path}: ok ({loaded.name}: {loaded.routing.mode.value}, "
+            f"pools {', '.join(loaded.pools)})"
+        )
     return 0
 
 
@@ -97,9 +99,7 @@ def _add_profile_commands(sub: argparse._SubParsersAction) -> None:
     validate = psub.add_parser("validate", help="check profile files")
     validate.add_argument("paths", nargs="+")
     validate.set_defaults(handler=_profile_validate)
-    psub.add_parser("schema", help="JSON Schema of a profile").set_defaults(
-        handler=_profile_schema
-    )
+    psub.add_parser("schema", help="JSON Schema of a profile").set_defaults(handler=_profile_schema)
     use = psub.add_parser("use", help="switch a running gateway to another profile")
     use.add_argument("name", help="profile name or path")
     use.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")

@@ -64,7 +64,9 @@ class ActuatorKind(str, Enum):
 
 
 class ModelSpec(Strict):
-    name: str = Field("tiny", description="Model name clients send in `model` and /v1/models lists.")
+    name: str = Field(
+        "tiny", description="Model name clients send in `model` and /v1/models lists."
+    )
     source: str = Field(
         "tiny",
         description="`tiny` or `small` (seeded checkpoints pdserve writes to its cache) or a path "
@@ -94,7 +96,10 @@ class EngineSpec(Strict):
         "l4, h100. Ignored by vLLM.",
     )
     sim_time_scale: float = Field(
-        1.0, gt=0, le=1000, description="Simulated worker runs this many times faster than modelled."
+        1.0,
+        gt=0,
+        le=1000,
+        description="Simulated worker runs this many times faster than modelled.",
     )
     extra_args: list[str] = Field(
         default_factory=list, description="Extra vLLM server flags, passed through as given."
@@ -268,9 +273,7 @@ class Profile(Strict):
         roles = [pool.role for pool in self.pools.values()]
         serving = [r for r in roles if r in (Role.decode, Role.both)]
         if len(serving) != 1:
-            raise ValueError(
-                f"pools: need exactly one decode or both pool, found {len(serving)}"
-            )
+            raise ValueError(f"pools: need exactly one decode or both pool, found {len(serving)}")
         prefill = roles.count(Role.prefill)
         if self.routing.mode is RoutingMode.disaggregated and prefill != 1:
             raise ValueError(
@@ -374,4 +377,3 @@ def list_profiles() -> list[tuple[str, str]]:
 
 def json_schema() -> dict[str, Any]:
     return Profile.model_json_schema()
-

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.unit
 def pdserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pdserve.cli", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -38,8 +41,10 @@ def test_profile_show_fills_defaults() -> None:
 def test_validate_ok_and_broken(tmp_path: Path) -> None:
     assert pdserve("profile", "validate", "profiles/local.yaml").returncode == 0
     broken = tmp_path / "typo.yaml"
-    broken.write_text("pools:\n  decode:\n    role: decode\n    replicas: {min: 2, max: 1}\n"
-                      "routing: {mode: standard}\n")
+    broken.write_text(
+        "pools:\n  decode:\n    role: decode\n    replicas: {min: 2, max: 1}\n"
+        "routing: {mode: standard}\n"
+    )
     result = pdserve("profile", "validate", str(broken))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

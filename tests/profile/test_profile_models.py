@@ -62,25 +62,61 @@ def _delete(data: dict, dotted: str) -> None:
 
 BROKEN = [
     # (what, mutation, the key path the error must name, a phrase of the fix)
-    ("unknown key", lambda d: _set(d, "routing.prefil_threshold", 3),
-     "routing.prefil_threshold", "unknown key"),
-    ("min > max", lambda d: _set(d, "pools.decode.replicas", {"min": 3, "max": 2}),
-     "pools.decode.replicas", "min (3) > max (2)"),
-    ("negative threshold", lambda d: _set(d, "routing.prefill_threshold", -1),
-     "routing.prefill_threshold", "greater than or equal to 0"),
-    ("disaggregated without prefill pool", lambda d: _delete(d, "pools.prefill"),
-     "(top level)", "no prefill pool"),
+    (
+        "unknown key",
+        lambda d: _set(d, "routing.prefil_threshold", 3),
+        "routing.prefil_threshold",
+        "unknown key",
+    ),
+    (
+        "min > max",
+        lambda d: _set(d, "pools.decode.replicas", {"min": 3, "max": 2}),
+        "pools.decode.replicas",
+        "min (3) > max (2)",
+    ),
+    (
+        "negative threshold",
+        lambda d: _set(d, "routing.prefill_threshold", -1),
+        "routing.prefill_threshold",
+        "greater than or equal to 0",
+    ),
+    (
+        "disaggregated without prefill pool",
+        lambda d: _delete(d, "pools.prefill"),
+        "(top level)",
+        "no prefill pool",
+    ),
     ("unknown engine", lambda d: _set(d, "engine.kind", "tgi"), "engine.kind", "'vllm' or 'sim'"),
-    ("wrong type", lambda d: _set(d, "pools.decode.replicas.max", "many"),
-     "pools.decode.replicas.max", "valid integer"),
-    ("unknown pool key", lambda d: _set(d, "pools.decode.replica", {"min": 1}),
-     "pools.decode.replica", "unknown key"),
-    ("initial outside range", lambda d: _set(d, "pools.decode.replicas", {"min": 1, "max": 2,
-     "initial": 5}), "pools.decode.replicas", "initial (5) outside"),
-    ("bad failure policy", lambda d: _set(d, "kv_transfer.kv_load_failure_policy", "retry"),
-     "kv_transfer.kv_load_failure_policy", "'recompute' or 'fail'"),
-    ("standard with prefill pool", lambda d: _set(d, "routing.mode", "standard"),
-     "(top level)", "remove the prefill pool"),
+    (
+        "wrong type",
+        lambda d: _set(d, "pools.decode.replicas.max", "many"),
+        "pools.decode.replicas.max",
+        "valid integer",
+    ),
+    (
+        "unknown pool key",
+        lambda d: _set(d, "pools.decode.replica", {"min": 1}),
+        "pools.decode.replica",
+        "unknown key",
+    ),
+    (
+        "initial outside range",
+        lambda d: _set(d, "pools.decode.replicas", {"min": 1, "max": 2, "initial": 5}),
+        "pools.decode.replicas",
+        "initial (5) outside",
+    ),
+    (
+        "bad failure policy",
+        lambda d: _set(d, "kv_transfer.kv_load_failure_policy", "retry"),
+        "kv_transfer.kv_load_failure_policy",
+        "'recompute' or 'fail'",
+    ),
+    (
+        "standard with prefill pool",
+        lambda d: _set(d, "routing.mode", "standard"),
+        "(top level)",
+        "remove the prefill pool",
+    ),
 ]
 
 
