@@ -1,0 +1,92 @@
+"""run_worker as `pdserve worker` runs it: `ready in X.Xs`, then SIGTERM/SIGINT stop the tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pdserve.workers.cli import free_port
+from pdserve.workers.pinning import process_tree
+
+pytestmark = pytest.mark.integration
+
+# The server forks a grandchild into a new session, as vLLM's helpers may: still stopped.
+SERVER = textwrap.dedent(
+    """
+    import http.server, os, subprocess, sys, time
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                     start_new_session=True)
+    time.sleep(0.5)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+    """
+)
+
+RUNNER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pdserve.workers.launcher import LaunchOptions, run_worker
+    from pdserve.workers.vllm_command import WorkerCommand
+    port, core = sys.argv[1], int(sys.argv[2])
+    command = WorkerCommand(argv=[sys.executable, "-c", sys.argv[3], port], env={"X_ENV": "1"})
+    options = LaunchOptions(health_url=f"http://127.0.0.1:{port}/health", cores=(core,),
+                            ready_timeout_s=30, stop_grace_s=5, pin_self=True)
+    sys.exit(asyncio.run(run_worker(command, options)))
+    """
+)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for_line(log: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "ready in" in text:
+            return text
+        time.sleep(0.1)
+    raise TimeoutError(f"no ready line in {timeout_s}s: {log.read_text()!r}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_whole_tree(signum: int, tmp_path: Path) -> None:
+    core = max(os.sched_getaffinity(0))
+    log = tmp_path / "runner.log"
+    with log.open("w") as out:
+        runner = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(free_port()), str(core), SERVER], stdout=out
+        )
+    try:
+        line = wait_for_line(log, timeout_s=60)
+        assert float(line.split("ready in ")[1].split("s")[0]) < 30
+        time.sleep(0.5)
+        tree = process_tree(runner.pid)
+        assert len(tree) >= 4  # runner, server, its two children (one outside the group)
+        for pid in tree:
+            assert os.sched_getaffinity(pid) == {core}
+        runner.send_signal(signum)
+        assert runner.wait(timeout=30) == 0
+        assert all(gone(pid) for pid in tree)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(timeout=10)
