@@ -129,11 +129,12 @@ class RayActuator:
     def __init__(
         self,
         profile: Callable[[], Profile],
-        host: str | None = "127.0.0.1",
+        host: str | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`host` is where workers bind: 127.0.0.1 on one machine, None for each node's IP."""
+        """`host` is where workers bind; unset: 127.0.0.1 when Ray runs on this machine (no
+        `actuator.ray.address`), else each actor's node IP, so the gateway can reach them."""
         self._profile = profile
         self._host = host
         self._stop_timeout_s = stop_timeout_s
@@ -201,10 +202,15 @@ class RayActuator:
         actor: Any = (
             ray.remote(WorkerProcess)
             .options(max_restarts=0, **options)
-            .remote(text, pool, self._host)
+            .remote(text, pool, self._bind_host(profile))
         )
         labels = {SPEC_LABEL: worker_spec_key(profile, pool), ACTOR_LABEL: actor._actor_id.hex()}
         return actor, labels
+
+    def _bind_host(self, profile: Profile) -> str | None:
+        if self._host is not None:
+            return self._host
+        return "127.0.0.1" if profile.actuator.ray.address is None else None
 
     async def _alive(self, replica: RayReplica) -> bool:
         try:
