@@ -25,6 +25,7 @@ from pdserve.gateway.middleware import BodySizeLimit
 from pdserve.gateway.proxy import Forwarder
 from pdserve.gateway.state import Gateway
 from pdserve.gateway.tokens import PromptCounter
+from pdserve.gateway.upstream import Upstream
 from pdserve.pools.manager import PoolManager
 from pdserve.profile import ActuatorKind, Profile
 
@@ -70,7 +71,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=4096, max_keepalive_connections=1024)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        upstream = Upstream()
+        await upstream.start()
         async with httpx.AsyncClient(limits=limits, timeout=None) as client:
             metrics = GatewayMetrics()
             holder: list[PoolManager] = []
@@ -85,8 +88,10 @@ def create_app(
             manager = PoolManager(profile, actuator, client, on_startup=metrics.observe_startup)
             holder.append(manager)
             counter = await asyncio.to_thread(PromptCounter.for_model, profile.model)
-            forwarder = Forwarder(manager, client, metrics)
-            app.state.gateway = Gateway(manager, forwarder, counter, metrics, auth, client)
+            forwarder = Forwarder(manager, upstream, metrics)
+            app.state.gateway = Gateway(
+                manager, forwarder, counter, metrics, auth, client, upstream
+            )
             await manager.start()
             autoscaler = start_autoscaler(manager) if autoscale else None
             try:
@@ -98,6 +103,7 @@ def create_app(
                         await autoscaler
                 await manager.close()
                 await actuator.close()
+                await upstream.close()
 
     app = FastAPI(title="pdserve gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai_api.router)

@@ -7,18 +7,20 @@ hop that fails falls back to local prefill on the decode pool.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pdserve import disagg
 from pdserve.gateway.errors import OpenAIError, sse_error_event
 from pdserve.gateway.metrics import GatewayMetrics
+from pdserve.gateway.upstream import TRANSPORT_ERRORS, Upstream, UpstreamError, chunks
 from pdserve.policies.types import Route
 from pdserve.pools.manager import NoReplica, Overloaded, PoolManager
 from pdserve.pools.replica import Replica
@@ -62,12 +64,12 @@ class Forwarder:
     def __init__(
         self,
         manager: PoolManager,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         metrics: GatewayMetrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manager = manager
-        self.client = client
+        self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
 
@@ -92,16 +94,16 @@ class Forwarder:
         replica = await self.acquire(ex, pool, set())
         started = self.clock()
         try:
-            response = await self.client.post(
+            status, content = await self.upstream.post_json(
                 f"{replica.url}{ex.path}",
-                json=disagg.prefill_request(ex.body),
-                headers={"X-Request-Id": ex.request_id},
-                timeout=ex.profile.gateway.request_timeout_s,
+                disagg.prefill_request(ex.body),
+                {"X-Request-Id": ex.request_id},
+                ex.profile.gateway.request_timeout_s,
             )
-            if response.status_code != 200:
-                raise RetryableFailure(f"prefill worker answered {response.status_code}")
-            answer: dict[str, Any] = response.json()
-        except (httpx.HTTPError, ValueError, RetryableFailure) as exc:
+            if status != 200:
+                raise RetryableFailure(f"prefill worker answered {status}")
+            answer: dict[str, Any] = json.loads(content)
+        except (UpstreamError, ValueError, RetryableFailure) as exc:
             log.warning("prefill on %s failed (%s): prefilling locally", replica.id, exc)
             replica.eject()
             return None
@@ -142,34 +144,32 @@ class Forwarder:
 
     async def _send(self, ex: Exchange, replica: Replica, body: dict[str, Any]) -> Response:
         """Send to one replica; `RetryableFailure` if it fails before its first byte."""
-        request = self.client.build_request(
-            "POST",
-            f"{replica.url}{ex.path}",
-            json=body,
-            headers={"X-Request-Id": ex.request_id},
-            timeout=ex.profile.gateway.request_timeout_s,
-        )
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.upstream.open(
+                f"{replica.url}{ex.path}",
+                body,
+                {"X-Request-Id": ex.request_id},
+                ex.profile.gateway.request_timeout_s,
+            )
+        except UpstreamError as exc:
             self._failed(replica, ex)
-            raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code >= 500:
-            await response.aclose()
+            raise RetryableFailure(str(exc)) from None
+        if response.status >= 500:
+            response.release()
             self._failed(replica, ex)
-            raise RetryableFailure(f"worker answered {response.status_code}")
-        if not ex.stream or response.status_code != 200:
+            raise RetryableFailure(f"worker answered {response.status}")
+        if not ex.stream or response.status != 200:
             return await self._whole(ex, replica, response)
-        chunks = response.aiter_raw()
+        body_chunks = chunks(response)
         try:
-            first = await chunks.__anext__()
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            await response.aclose()
+            first = await body_chunks.__anext__()
+        except (UpstreamError, StopAsyncIteration) as exc:
+            response.release()
             self._failed(replica, ex)
             raise RetryableFailure(f"stream ended before its first byte: {exc!r}") from None
         self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
         return StreamingResponse(
-            self._relay(ex, replica, response, first, chunks),
+            self._relay(ex, replica, response, first, body_chunks),
             status_code=200,
             media_type="text/event-stream",
             headers=ex.headers(),
@@ -179,47 +179,49 @@ class Forwarder:
         replica.eject()
         self.manager.release(replica, ex.prompt_tokens)
 
-    async def _whole(self, ex: Exchange, replica: Replica, response: httpx.Response) -> Response:
+    async def _whole(
+        self, ex: Exchange, replica: Replica, response: aiohttp.ClientResponse
+    ) -> Response:
         try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
+            content = await response.read()
+        except TRANSPORT_ERRORS as exc:
             self._failed(replica, ex)
             raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
         finally:
-            await response.aclose()
+            response.release()
         self.manager.release(replica, ex.prompt_tokens)
-        status = response.status_code
+        status = response.status
         if status == 200:
             self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
         self.metrics.requests.labels(route=ex.route, status=str(status)).inc()
-        media = response.headers.get("content-type", "application/json")
+        media = response.headers.get("Content-Type", "application/json")
         return Response(content, status_code=status, media_type=media, headers=ex.headers())
 
     async def _relay(
         self,
         ex: Exchange,
         replica: Replica,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         first: bytes,
-        chunks: AsyncIterator[bytes],
+        body_chunks: AsyncIterator[bytes],
     ) -> AsyncIterator[bytes]:
         status = "200"
         previous = self.clock()
         itl = self.metrics.itl.labels(route=ex.route)
         try:
             yield first
-            async for chunk in chunks:
+            async for chunk in body_chunks:
                 now = self.clock()
                 itl.observe(now - previous)
                 previous = now
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             status = "502"
             replica.eject()
             log.warning("decode worker %s failed mid-stream: %s", replica.id, exc)
             yield sse_error_event(f"the worker serving this stream failed: {exc}")
         finally:
-            await response.aclose()
+            response.release()
             self.manager.release(replica, ex.prompt_tokens)
             self.metrics.requests.labels(route=ex.route, status=status).inc()
 

@@ -10,6 +10,7 @@ from pdserve.gateway.auth import AuthConfig
 from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.proxy import Forwarder
 from pdserve.gateway.tokens import PromptCounter
+from pdserve.gateway.upstream import Upstream
 from pdserve.pools.manager import PoolManager
 
 
@@ -20,4 +21,5 @@ class Gateway:
     counter: PromptCounter
     metrics: GatewayMetrics
     auth: AuthConfig
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient  # health and metrics probes
+    upstream: Upstream  # the request path
