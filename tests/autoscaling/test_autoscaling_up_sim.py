@@ -190,10 +190,10 @@ async def test_long_output_burst_scales_decode_while_prefill_stays(up: Up) -> No
 
 async def long_output_burst(up: Up, client: httpx.AsyncClient, api: openai.AsyncOpenAI) -> None:
     await settle(client, up, prefill=0, decode=1)
-    # 32 short chats x 150 tokens: concurrency 32 / target 4 = 8 -> panic, x2 per step to max 6
-    burst = asyncio.gather(*(chat(api, f"story {i}", 150) for i in range(32)))
+    # 32 short chats x 200 tokens: concurrency 32 / target 4 = 8 -> panic, x2 per step to max 6
+    burst = asyncio.gather(*(chat(api, f"story {i}", 200) for i in range(32)))
     watch, results = await during(client, up, burst)
-    assert results == [("local", 150)] * 32  # none lost, every one complete
+    assert results == [("local", 200)] * 32  # none lost, every one complete
     assert watch.peak("decode", "ready") >= 4
     assert watch.peak("prefill", "ready", "starting", "draining") == 0
     ups = [d for d in watch.decisions("decode") if d["direction"] == "up"]
