@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import httpx
@@ -91,12 +92,22 @@ async def serve(profile: Profile, host: str, port: int) -> int:
     return 130 if server.stop_signal == signal.SIGINT else 0
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed (uvicorn[standard] brings it), as `uvicorn.run` would use."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_up(profile: Profile, host: str | None = None, port: int | None = None) -> int:
     profile = local_profile(profile)
     try:
-        status = asyncio.run(
-            serve(profile, host or profile.gateway.host, port or profile.gateway.port)
-        )
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            status = runner.run(
+                serve(profile, host or profile.gateway.host, port or profile.gateway.port)
+            )
     except KeyboardInterrupt:
         return 130
     print("pdserve stopped: every worker is down", file=sys.stderr, flush=True)
