@@ -14,11 +14,23 @@ from pdserve import profile as profiles
 from pdserve.gateway.auth import check_admin
 from pdserve.gateway.errors import OpenAIError, error_response
 from pdserve.gateway.openai_api import gateway_of
+from pdserve.policies.types import ScaleDecision
 from pdserve.pools.manager import PoolManager
 from pdserve.pools.replica import replica_state
 from pdserve.pools.switch import SwitchInProgress
 
 router = APIRouter(prefix="/admin")
+
+
+def decision_view(decision: ScaleDecision) -> dict[str, Any]:
+    return {
+        "desired": decision.desired,
+        "current": decision.current,
+        "direction": decision.direction,
+        "reason": decision.reason,
+        "panic": decision.panic,
+        "at": decision.at,
+    }
 
 
 def pools_view(manager: PoolManager, now: float) -> dict[str, Any]:
@@ -47,17 +59,8 @@ def pools_view(manager: PoolManager, now: float) -> dict[str, Any]:
                 }
                 for r in pool.replicas.values()
             ],
-            "decisions": [
-                {
-                    "desired": d.desired,
-                    "current": d.current,
-                    "direction": d.direction,
-                    "reason": d.reason,
-                    "panic": d.panic,
-                    "at": d.at,
-                }
-                for d in pool.decisions
-            ],
+            "decisions": [decision_view(d) for d in pool.decisions],
+            "last_decision": decision_view(pool.last_decision) if pool.last_decision else None,
         }
     return view
 

@@ -85,7 +85,13 @@ def create_app(
                 actuator = actuator_factory(current)
             else:
                 actuator = build_actuator(profile, current)
-            manager = PoolManager(profile, actuator, client, on_startup=metrics.observe_startup)
+            manager = PoolManager(
+                profile,
+                actuator,
+                client,
+                on_startup=metrics.observe_startup,
+                on_decision=metrics.observe_decision,
+            )
             holder.append(manager)
             counter = await asyncio.to_thread(PromptCounter.for_model, profile.model)
             forwarder = Forwarder(manager, upstream, metrics)

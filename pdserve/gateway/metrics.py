@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from pdserve.policies.types import ScaleDecision
 from pdserve.pools.manager import PoolManager
 from pdserve.pools.replica import ReplicaState
 
@@ -66,6 +67,9 @@ class GatewayMetrics:
 
     def observe_startup(self, pool: str, seconds: float) -> None:
         self.startup.labels(pool=pool).observe(seconds)
+
+    def observe_decision(self, decision: ScaleDecision) -> None:
+        self.decisions.labels(pool=decision.pool, direction=decision.direction).inc()
 
     def render(self, manager: PoolManager, now: float) -> bytes:
         """Prometheus text, with the pool gauges refreshed from the manager first."""

@@ -48,12 +48,14 @@ class PoolManager:
         client: httpx.AsyncClient,
         clock: Callable[[], float] = time.monotonic,
         on_startup: StartupObserver | None = None,
+        on_decision: Callable[[ScaleDecision], None] | None = None,
     ) -> None:
         self.profile = profile  # the active profile: routing and pool names follow it
         self.actuator = actuator
         self.client = client
         self.clock = clock
         self.on_startup = on_startup
+        self.on_decision = on_decision
         self.demand = asyncio.Event()
         self.pools: dict[str, Pool] = {}
         self.switch = ProfileSwitch(self)
@@ -112,10 +114,14 @@ class PoolManager:
     def record_decision(self, decision: ScaleDecision) -> None:
         pool = self.pools.get(decision.pool)
         if pool is not None:
-            pool.decisions.append(decision)
+            pool.last_decision = decision
+            if decision.direction != "none":
+                pool.decisions.append(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)
 
     async def scale_to(self, decision: ScaleDecision) -> None:
-        self.record_decision(decision)
+        """Apply a decision (the autoscaler records every decision separately)."""
         pool = self.pools.get(decision.pool)
         if pool is None or self.switch.pending is not None:
             return  # a profile switch owns the pools' sizes until it completes

@@ -28,7 +28,8 @@ class Pool:
         self.queue = HoldQueue(queue_limit)
         self.desired = spec.replicas.start
         self.picker_state = PickerState()
-        self.decisions: deque[ScaleDecision] = deque(maxlen=RECENT_DECISIONS)
+        self.decisions: deque[ScaleDecision] = deque(maxlen=RECENT_DECISIONS)  # changes only
+        self.last_decision: ScaleDecision | None = None
         self.lock = asyncio.Lock()  # one actuator change at a time
         self.prefill_tokens_per_s: float | None = None
         self.prefixes = PrefixIndex(block_size)

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from pdserve.policies.types import ScaleDecision
 from tests.gateway.conftest import running_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -173,9 +174,12 @@ async def test_chat_streaming_with_usage(gateway: tuple[FastAPI, httpx.AsyncClie
 
 
 async def test_metrics_models_and_admin(gateway: tuple[FastAPI, httpx.AsyncClient]) -> None:
-    _, client = gateway
+    app, client = gateway
     await client.post("/v1/completions", json=_completion(LONG), headers=AUTH)
+    decision = ScaleDecision("decode", 1, 1, "concurrency 0.0 within target")
+    app.state.gateway.manager.record_decision(decision)
     text = (await client.get("/metrics")).text
+    assert 'pdserve_scale_decisions_total{direction="none",pool="decode"} 1.0' in text
     for name in (
         'pdserve_requests_total{route="disaggregated",status="200"}',
         'pdserve_pool_replicas{pool="decode",state="ready"} 1.0',
@@ -191,6 +195,7 @@ async def test_metrics_models_and_admin(gateway: tuple[FastAPI, httpx.AsyncClien
     assert [m["id"] for m in models["data"]] == ["tiny"]
     admin = {"Authorization": f"Bearer {ADMIN}"}
     pools = (await client.get("/admin/pools", headers=admin)).json()
+    assert pools["decode"]["last_decision"]["reason"] == "concurrency 0.0 within target"
     assert pools["decode"]["replicas"]["ready"] == 1
     assert pools["prefill"]["prefill_tokens_per_s"] > 0
     active = (await client.get("/admin/profile", headers=admin)).json()

@@ -215,14 +215,21 @@ async def test_manager_holds_until_ready_and_drains_on_scale_down() -> None:
             assert replica.inflight == 1
             assert manager.snapshot("decode", 0.0).queued_prompt_tokens == 7
 
-            await manager.scale_to(ScaleDecision("decode", 2, 1, "test: up"))
+            up = ScaleDecision("decode", 2, 1, "test: up")
+            manager.record_decision(up)
+            await manager.scale_to(up)
             await manager.refresh()
             assert manager.snapshot("decode", 0.0).ready == 2
             # scale down: the idle replica is the victim, the busy one keeps serving
-            await manager.scale_to(ScaleDecision("decode", 1, 2, "test: down"))
+            down = ScaleDecision("decode", 1, 2, "test: down")
+            manager.record_decision(down)
+            manager.record_decision(ScaleDecision("decode", 1, 1, "test: steady"))
+            await manager.scale_to(down)
             assert [r.id for r in manager.pools["decode"].replicas.values()] == [replica.id]
             assert actuator.calls[-1][2] != [replica.id]
-            assert [d.reason for d in manager.pools["decode"].decisions][-1] == "test: down"
+            pool = manager.pools["decode"]
+            assert [d.reason for d in pool.decisions] == ["test: up", "test: down"]  # changes
+            assert pool.last_decision is not None and pool.last_decision.reason == "test: steady"
             manager.release(replica, 7)
         finally:
             await manager.close()
