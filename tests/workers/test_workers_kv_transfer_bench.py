@@ -21,3 +21,9 @@ def test_ratio_is_memcpy_time_over_nixl_time() -> None:
     row = RawResult(size_bytes=64 * MiB, nixl_s=0.02, memcpy_s=0.015)
     assert row.ratio == pytest.approx(0.75)  # 0.015 / 0.02
     assert row.nixl_gbps == pytest.approx(64 * MiB / 0.02 / 1e9)
+
+
+@pytest.mark.gpu
+def test_raw_nixl_read_vram_to_vram() -> None:
+    results = run_raw([MiB, 64 * MiB], iterations=2, device="cuda", cores=[])
+    assert [row.size_bytes for row in results] == [MiB, 64 * MiB]
