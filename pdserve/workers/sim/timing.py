@@ -66,7 +66,7 @@ VLLM_CPU_TINY = Timing(
     num_blocks=2048,
     max_num_seqs=256,
     max_num_batched_tokens=2048,
-    request_overhead_s=6e-3,
+    request_overhead_s=3e-3,
 )
 
 PRESETS: dict[str, Timing] = {
