@@ -21,8 +21,9 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,22 @@ class WorkerProcess:
         return self._process.returncode
 
 
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler with one that exits at once; the server's own
+    (uvicorn's graceful shutdown, which drains and stops the workers) must stay in charge."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 async def _resolve_url(actor: Any) -> str:
     return str(await actor.url.remote())
 
@@ -147,7 +164,8 @@ class RayActuator:
         if ray.is_initialized():
             return
         address = self._profile().actuator.ray.address
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        with _keep_signal_handlers():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
         self._owns_ray = True
 
     async def replicas(self, pool: str) -> list[ReplicaHandle]:
