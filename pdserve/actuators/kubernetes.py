@@ -70,6 +70,7 @@ class KubernetesActuator:
         self._core = client.CoreV1Api(self._api)
         self._clock = clock
         self._timeout = request_timeout_s
+        self._since = datetime.now(timezone.utc).replace(microsecond=0)  # k8s: whole seconds
 
     def deployment(self, pool: str) -> str:
         return f"{self._spec.deployment_prefix}-{pool}"
@@ -136,8 +137,9 @@ class KubernetesActuator:
         )
 
     def _monotonic(self, created: datetime | None) -> float:
-        """A pod's creation time on this actuator's clock (wall-clock age subtracted from now)."""
-        if created is None:
-            return self._clock()
+        """A pod's creation time on this actuator's clock (its wall-clock age subtracted from
+        now); 0.0 (unknown) for pods older than this actuator, whose start it did not see."""
+        if created is None or created < self._since:
+            return 0.0
         age = datetime.now(timezone.utc) - created
         return self._clock() - max(0.0, age.total_seconds())

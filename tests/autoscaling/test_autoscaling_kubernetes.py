@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,7 +48,15 @@ class Cluster:
     calls: list[Call] = field(default_factory=list)
     next_ip: int = 10
 
-    def add_pod(self, name: str, pool: str, *, ip: bool = True, ready: bool = True) -> None:
+    def add_pod(
+        self,
+        name: str,
+        pool: str,
+        *,
+        ip: bool = True,
+        ready: bool = True,
+        created: str = "2026-01-01T00:00:00Z",
+    ) -> None:
         status: dict[str, Any] = {"phase": "Running" if ip else "Pending"}
         if ip:
             status["podIP"] = f"10.1.0.{self.next_ip}"
@@ -61,7 +70,7 @@ class Cluster:
                 "namespace": NS,
                 "labels": {"pdserve.io/pool": pool, "app.kubernetes.io/name": "pdserve"},
                 "annotations": {},
-                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "creationTimestamp": created,
             },
             "spec": {"containers": [{"name": "worker", "image": "pdserve:test"}]},
             "status": status,
@@ -74,7 +83,11 @@ class Cluster:
         for pod in sorted(live, key=_cost)[: max(0, len(live) - want)]:
             pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
         for index in range(max(0, want - len(live))):
-            self.add_pod(f"{deployment}-new{len(self.pods)}-{index}", pool)
+            self.add_pod(f"{deployment}-new{len(self.pods)}-{index}", pool, created=_now())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pool(pod: dict[str, Any]) -> str:
@@ -248,6 +261,7 @@ async def test_replicas_are_the_pool_pods_with_an_ip(cluster: tuple[Cluster, str
     ]
     assert [h.labels["pdserve.io/ready"] for h in handles] == ["true", "true", "false"]
     assert all(h.pool == "decode" and h.alive for h in handles)
+    assert all(h.started_at == 0.0 for h in handles)  # created before the actuator: unknown
     (call,) = state.calls
     assert (call.method, call.path) == ("GET", f"/api/v1/namespaces/{NS}/pods")
     assert call.query["labelSelector"] == ["pdserve.io/pool=decode"]
@@ -289,7 +303,10 @@ async def test_scale_up_and_to_zero(cluster: tuple[Cluster, str]) -> None:
     kube = actuator(host)
     try:
         await kube.scale("decode", 4, [])
-        assert len(await kube.replicas("decode")) == 4
+        grown = await kube.replicas("decode")
+        assert len(grown) == 4
+        # the two pods created after the scale-up get their launch time on the actuator's clock
+        assert sorted(h.started_at > 0 for h in grown) == [False, False, True, True]
         await kube.scale("prefill", 0, ["pdserve-prefill-a"])
         assert await kube.replicas("prefill") == []
         assert await kube.desired_replicas("prefill") == 0
