@@ -45,7 +45,8 @@ def _cold_with_requests(snapshot: PoolSnapshot) -> bool:
 
 
 class Autoscaler:
-    """Decides every pool on its own `scaling.interval_s`, and all pools when demand is set."""
+    """Decides every pool on its own `scaling.interval_s`, and a cold pool holding requests as
+    soon as demand is signalled."""
 
     def __init__(
         self,
