@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.gateway.conftest import PROFILES, running_app, until
+from tests.gateway.conftest import PROFILES, gateway_profile, running_app, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,3 +84,24 @@ async def test_switch_standard_disaggregated_standard_under_load() -> None:
         await until(lambda: set(manager.pools) == {"decode"}, 30)
         await until(lambda: len(manager.pools["decode"].replicas) == 1, 30)
         assert len(manager.actuator.pids()) == 1
+
+
+async def test_switch_reuses_pools_whose_worker_spec_is_unchanged() -> None:
+    async with running_app("gw-disaggregated") as (app, client):
+        manager = app.state.gateway.manager
+        before = {name: set(pool.replicas) for name, pool in manager.pools.items()}
+        pids = sorted(manager.actuator.pids())
+        new = gateway_profile("gw-disaggregated").model_dump(mode="json")
+        new["name"] = "gw-disaggregated-tuned"
+        new["routing"]["prefill_threshold"] = 4096  # routing and scaling: no restart needed
+        new["pools"]["decode"]["scaling"]["target_concurrency"] = 3
+        answer = await client.put("/admin/profile", json={"profile": new})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["active"] == "gw-disaggregated-tuned"  # nothing had to start
+        long = await client.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "x" * 300, "max_tokens": 2}
+        )
+        assert long.headers["x-pdserve-route"] == "local"  # 300 < the new threshold 4096
+        assert long.headers["x-pdserve-profile"] == "gw-disaggregated-tuned"
+        assert {name: set(pool.replicas) for name, pool in manager.pools.items()} == before
+        assert sorted(manager.actuator.pids()) == pids
