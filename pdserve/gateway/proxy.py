@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from pdserve import disagg
 from pdserve.gateway.errors import OpenAIError, sse_error_event
@@ -224,9 +224,3 @@ class Forwarder:
             response.release()
             self.manager.release(replica, ex.prompt_tokens)
             self.metrics.requests.labels(route=ex.route, status=status).inc()
-
-
-def json_error(exc: OpenAIError, ex: Exchange | None) -> JSONResponse:
-    from pdserve.gateway.errors import error_response
-
-    return error_response(exc, ex.headers() if ex is not None else None)

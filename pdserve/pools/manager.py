@@ -66,7 +66,7 @@ class PoolManager:
         """The profile new workers are launched with: the pending one during a switch."""
         return self.switch.pending or self.profile
 
-    def _new_pool(self, profile: Profile, name: str) -> Pool:
+    def new_pool(self, profile: Profile, name: str) -> Pool:
         queue_limit = profile.gateway.max_queued_per_pool
         block_size = CPU_BLOCK_SIZE if profile.engine.device is Device.cpu else GPU_BLOCK_SIZE
         key = worker_spec_key(profile, name)
@@ -74,7 +74,7 @@ class PoolManager:
 
     async def start(self) -> None:
         for name in self.profile.pools:
-            pool = self._new_pool(self.profile, name)
+            pool = self.new_pool(self.profile, name)
             self.pools[name] = pool
             await self.actuator.scale(name, pool.desired, [])
         await self.refresh()

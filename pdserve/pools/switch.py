@@ -46,7 +46,7 @@ class ProfileSwitch:
             key = worker_spec_key(new, name)
             pool = manager.pools.get(name)
             if pool is None:
-                pool = manager._new_pool(new, name)
+                pool = manager.new_pool(new, name)
                 manager.pools[name] = pool
                 async with pool.lock:
                     await manager.actuator.scale(name, pool.desired, [])
