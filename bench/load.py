@@ -64,7 +64,7 @@ class LoadRun:
 def prompt_text(tokens: int, seq: int, chars_per_token: float) -> str:
     """A prompt of about `tokens` tokens that starts with a unique prefix, so no request is
     served from another's prefix cache."""
-    target_chars = max(1, int(tokens * chars_per_token) - 1)  # the BOS token is one
+    target_chars = max(1, int(tokens * chars_per_token))  # the seeded models add no BOS
     rng = np.random.default_rng(seq)
     words = [f"r{seq}"]
     length = len(words[0])
