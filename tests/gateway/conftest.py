@@ -50,4 +50,7 @@ async def running_app(
             transport=transport, base_url="http://gateway", timeout=60
         ) as client:
             await wait_ready(client)
+            manager = app.state.gateway.manager
+            wanted = [n for n, spec in manager.profile.pools.items() if spec.replicas.start > 0]
+            await until(lambda: all(manager.ready_count(n) > 0 for n in wanted), READY_TIMEOUT_S)
             yield app, client
