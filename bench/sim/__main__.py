@@ -51,8 +51,15 @@ def run_one(
     requests: Requests,
     scaler: Scaler,
     args: argparse.Namespace,
+    hold_at_capacity: int | None = None,
 ) -> tuple[SimResult, dict[str, Any], float]:
-    config = SimConfig(prof, model, ColdStart(provision_s=args.provision_s), seed=args.seed)
+    config = SimConfig(
+        prof,
+        model,
+        ColdStart(provision_s=args.provision_s),
+        seed=args.seed,
+        hold_at_capacity=hold_at_capacity,
+    )
     started = time.perf_counter()
     result = simulate(config, requests, scaler)
     wall = time.perf_counter() - started
@@ -66,8 +73,10 @@ def compare(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     timelines: dict[str, SimResult] = {}
 
-    def record(layout: str, prof: Profile, scaler: Scaler, name: str) -> SimResult:
-        result, summary, wall = run_one(prof, model, requests, scaler, args)
+    def record(
+        layout: str, prof: Profile, scaler: Scaler, name: str, hold: int | None = None
+    ) -> SimResult:
+        result, summary, wall = run_one(prof, model, requests, scaler, args, hold)
         rows.append({"layout": layout, "policy": name, "sim_wall_s": wall, **summary})
         timelines[f"{layout} / {name}"] = result
         print(
@@ -82,7 +91,11 @@ def compare(args: argparse.Namespace) -> int:
     record("A100 prefill + L4", disagg, HpaScaler(), "hpa-gpu-util")
     record("A100 prefill + L4", disagg, qps_scaler(qps_targets(disagg, model, requests)), "hpa-qps")
     record("A100 prefill + L4", disagg, StaticScaler(peak_replicas(reference)), "static-peak")
+    cap = disagg.engine.max_num_seqs  # what-if: the gateway holds beyond a full batch
+    record("A100 prefill + L4", disagg, PdserveScaler(), f"pdserve, hold@{cap}", cap)
     unified_ref = record("A100 aggregated", unified, PdserveScaler(), "pdserve")
+    cap = unified.engine.max_num_seqs
+    record("A100 aggregated", unified, PdserveScaler(), f"pdserve, hold@{cap}", cap)
     record("A100 aggregated", unified, StaticScaler(peak_replicas(unified_ref)), "static-peak")
     return _write(args, rows, timelines, requests)
 

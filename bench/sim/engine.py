@@ -4,7 +4,8 @@ The gateway part runs pdserve's route decision (`decide_route`) on every request
 endpoint picker (`pick`) over each pool's ready replicas: all of them up to `picker_all_up_to`,
 beyond that a random sample of `picker_sample` (the power of two choices, as Ray Serve's router
 does), so a request costs the same in a 1,000-replica pool as in a small one. Like pdserve's
-gateway, it holds a request only while its pool has no ready replica. The autoscaler part calls
+gateway, it holds a request only while its pool has no ready replica (`hold_at_capacity` is a
+what-if that also holds at a per-replica cap). The autoscaler part calls
 a `Scaler` every `interval_s` with the same `PoolSnapshot` the gateway builds.
 
 A disaggregated request's decode replica is picked when its KV has arrived (prefill end plus
@@ -62,6 +63,10 @@ class SimConfig:
     picker_sample: int = 2  # larger ones a random sample of this many (power of two choices)
     tail_s: float = 900.0  # simulate at most this long after the last arrival
     seed: int = 0
+    # A what-if pdserve's gateway does not do: hold a request at the gateway when the picked
+    # decode replica already has this many requests, and hand it to the first replica that
+    # frees a slot (None: send it anyway, as the gateway does, and it waits inside vLLM).
+    hold_at_capacity: int | None = None
 
 
 @dataclass
@@ -240,8 +245,21 @@ class Cluster:
             self._hold(now, pool, idx, local)
             return
         replica = self._pick(pool, now)
+        cap = self.config.hold_at_capacity
+        if cap is not None and replica.running_and_queued() >= cap:
+            self._hold(now, pool, idx, local)
+            return
         replica.offer(now, idx, self.prompt[idx], self.output[idx], local)
         self._reschedule(replica)
+
+    def _release_held(self, now: float, replica: DecodeReplica) -> None:
+        """hold_at_capacity: a replica that freed slots takes held requests, oldest first."""
+        pool, cap = self.decode, self.config.hold_at_capacity
+        if cap is None or replica.life.draining or replica.life.ready_at > now:
+            return
+        while pool.held and replica.running_and_queued() < cap:
+            _, idx, local = pool.held.popleft()
+            replica.offer(now, idx, self.prompt[idx], self.output[idx], local)
 
     def _drop(self, idx: int, why: str) -> None:
         self.ledger.dropped[idx] = why
@@ -268,6 +286,8 @@ class Cluster:
             if kind == _WAKE:
                 if obj.wake_at == now:  # type: ignore[attr-defined]
                     obj.wake(now)  # type: ignore[attr-defined]
+                    if self.decode.held:
+                        self._release_held(now, obj)  # type: ignore[arg-type]
                     self._reschedule(obj)  # type: ignore[arg-type]
             elif kind == _KV:
                 self._to_decode(now, obj, local=False)  # type: ignore[arg-type]

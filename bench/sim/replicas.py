@@ -282,6 +282,9 @@ class DecodeReplica:
         self.seg_end = now + steps * self.step_s
 
     # -- what the gateway and the autoscaler see ------------------------------------------------
+    def running_and_queued(self) -> int:
+        return len(self.running) + len(self.waiting) + len(self.prefill_q) + len(self.segment)
+
     def queued(self) -> int:
         return len(self.waiting) + len(self.prefill_q) + len(self.segment)
 
