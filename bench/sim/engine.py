@@ -183,7 +183,6 @@ class Cluster:
         else:
             draw, n = self.rng.random, len(ready)
             candidates = [ready[int(draw() * n)] for _ in range(self.config.picker_sample)]
-        by_id = {r.life.id: r for r in candidates}
         if pool.role is Role.prefill:
             loads = [r.load(now) for r in candidates]
         else:
@@ -192,7 +191,7 @@ class Cluster:
         chosen, pool.picker = pick(
             routing.picker, loads, pool.picker, None, routing.prefix_affinity_load_cap
         )
-        return by_id[chosen]
+        return next(r for r in candidates if r.life.id == chosen)
 
     def _prefill_backlog(self, now: float) -> int:
         backlog = self.backlog
@@ -347,10 +346,14 @@ class Cluster:
                 busy_now = replica.busy_seconds(now)
             else:
                 replica.advance(now)
-                load = replica.load()
                 busy_now = replica.busy_s
-                kv_max = max(kv_max, load.kv_usage)
+                kv_max = max(kv_max, replica.kv_usage())
                 queued_tokens += replica.queued_prompt_tokens()
+                running += len(replica.running)
+                waiting += replica.queued()
+                busy += busy_now - replica.busy_mark
+                replica.busy_mark = busy_now
+                continue
             running += load.running
             waiting += load.waiting
             busy += busy_now - replica.busy_mark
