@@ -59,3 +59,4 @@ def test_profile_mode_reads_pool_engine_and_kv_transfer() -> None:
     assert settings.accelerator == "nvidia-l4" and settings.timing == "a100"
     assert settings.faults.cold_start_s == 2.0
     assert settings.kv_load_failure_policy == "recompute" and settings.kv_lease_s == 30
+    assert (settings.kv_cache_gib, settings.max_num_seqs) == (16, 64)

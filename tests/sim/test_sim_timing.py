@@ -7,7 +7,7 @@ import pytest
 
 from pdserve import hardware
 from pdserve.workers.sim.scheduler import Scheduler, Sequence
-from pdserve.workers.sim.timing import PRESETS, load_timing
+from pdserve.workers.sim.timing import PRESETS, load_timing, with_limits
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +105,10 @@ def test_timing_file_overrides_a_base_preset(tmp_path) -> None:
 def test_unknown_timing_names_the_presets() -> None:
     with pytest.raises(ValueError, match="vllm-cpu-tiny, a100, l4, h100"):
         load_timing("b200")
+
+
+def test_a_profiles_engine_limits_replace_the_presets() -> None:
+    # 16 GiB / (131,072 B/token x 16 tokens per block) = 8,192 blocks
+    timing = with_limits(PRESETS["l4"], kv_cache_gib=16, max_num_seqs=64)
+    assert (timing.num_blocks, timing.max_num_seqs) == (8192, 64)
+    assert with_limits(PRESETS["vllm-cpu-tiny"], kv_cache_gib=1).num_blocks == 2048

@@ -109,6 +109,10 @@ class SimSettings:
     faults: Faults
     kv_load_failure_policy: Literal["recompute", "fail"]
     kv_lease_s: float
+    # profile mode: the engine limits of the profile replace the preset's
+    kv_cache_gib: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
 
 
 def _pick(flag: Any, fallback: Any) -> Any:
@@ -168,4 +172,7 @@ def _from_profile(
         kv_lease_s=float(
             _pick(getattr(args, "kv_lease_s", None), loaded.kv_transfer.block_lease_s)
         ),
+        kv_cache_gib=loaded.engine.kv_cache_gib,
+        max_num_seqs=loaded.engine.max_num_seqs,
+        max_num_batched_tokens=loaded.engine.max_num_batched_tokens,
     )

@@ -24,7 +24,7 @@ from pdserve.workers.sim.engine import Engine, Faults
 from pdserve.workers.sim.metrics import SimMetrics
 from pdserve.workers.sim.protocol import ApiError, ParsedRequest
 from pdserve.workers.sim.service import Service, WorkerConfig
-from pdserve.workers.sim.timing import Timing, load_timing
+from pdserve.workers.sim.timing import Timing, load_timing, with_limits
 
 
 def _json(body: Any) -> str:
@@ -187,7 +187,12 @@ def run(args: argparse.Namespace) -> int:
     """Serve one simulated worker until interrupted (SIGINT or SIGTERM)."""
     try:
         settings = settings_from(args)
-        timing = load_timing(settings.timing, settings.accelerator)
+        timing = with_limits(
+            load_timing(settings.timing, settings.accelerator),
+            settings.kv_cache_gib,
+            settings.max_num_seqs,
+            settings.max_num_batched_tokens,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -79,6 +79,24 @@ PRESETS: dict[str, Timing] = {
 _PRESET_OF_ACCELERATOR = {"nvidia-a100-80gb": "a100", "nvidia-l4": "l4", "nvidia-h100-80gb": "h100"}
 
 
+def with_limits(
+    timing: Timing,
+    kv_cache_gib: float | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+) -> Timing:
+    """The preset with a profile's engine limits (KV cache size, batch limits) applied."""
+    changes: dict[str, Any] = {}
+    if kv_cache_gib is not None:
+        block_bytes = timing.model.kv_bytes_per_token * timing.block_size
+        changes["num_blocks"] = max(1, int(kv_cache_gib * (1 << 30) // block_bytes))
+    if max_num_seqs is not None:
+        changes["max_num_seqs"] = max_num_seqs
+    if max_num_batched_tokens is not None:
+        changes["max_num_batched_tokens"] = max_num_batched_tokens
+    return replace(timing, **changes)
+
+
 def load_timing(name_or_file: str, accelerator: str | None = None) -> Timing:
     """A preset by name, or a YAML file `{base: PRESET, accelerator: NAME, <Timing field>: ...}`.
 
