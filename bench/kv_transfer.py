@@ -148,8 +148,12 @@ def run_raw(sizes: list[int], iterations: int, device: str, cores: list[int]) ->
     target.start()
     initiator.start()
     try:
-        if not result_out.poll(600):
-            raise TimeoutError("raw NIXL benchmark did not finish in 10 minutes")
+        deadline = time.monotonic() + 600
+        while not result_out.poll(0.5):
+            if not (target.is_alive() and initiator.is_alive()):
+                raise RuntimeError("a NIXL benchmark process died (see its traceback above)")
+            if time.monotonic() > deadline:
+                raise TimeoutError("raw NIXL benchmark did not finish in 10 minutes")
         return result_out.recv()
     finally:
         for process in (initiator, target):
