@@ -3,10 +3,14 @@ metrics families and types."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from pdserve.workers.sim.launch import SimFleet
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +106,24 @@ async def test_metrics_have_vllm_names_and_types(both_url: str) -> None:
     assert {"local_compute", "local_cache_hit", "external_kv_transfer"} <= sources
     generated = [s for s in families["vllm:generation_tokens"].samples if s.name.endswith("_total")]
     assert generated[0].value >= 4
+
+
+async def test_a_long_prefill_stalls_the_running_stream(fleet: SimFleet) -> None:
+    # A100 timing, 8B model: a decode step is ~14 ms; an 8,000-token prompt is one ~0.9 s step
+    url = fleet.start("both", ["--timing", "a100", "--max-model-len", "16384"])
+    api = client(url)
+    stamps: list[float] = []
+
+    async def stream() -> None:
+        response = await api.completions.create(
+            model="tiny", prompt="running decode", max_tokens=80, stream=True
+        )
+        async for _ in response:
+            stamps.append(asyncio.get_running_loop().time())
+
+    running = asyncio.create_task(stream())
+    await asyncio.sleep(0.3)
+    await api.completions.create(model="tiny", prompt="z" * 8000, max_tokens=1)
+    await asyncio.wait_for(running, 30)
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert gaps[-1] > 0.5 and gaps[-1] > 10 * gaps[len(gaps) // 2]
