@@ -18,8 +18,8 @@ from pdserve.hardware import Accelerator, ModelCost, prefill_step_seconds, step_
 from pdserve.policies.types import ReplicaLoad
 
 EPS = 1e-9
-CONTEXT_BITS = 6
-CHUNK_BITS = 7
+CONTEXT_BITS = 4
+CHUNK_BITS = 6
 FINISH_SLACK_STEPS = 1.0
 
 
@@ -177,11 +177,11 @@ class DecodeReplica:
             self.step_s = math.inf
             return
         context = self.ctx_prompt + int(batch * self.progress - self.sum_join)
-        # memoised per pool, the context kept to its 6 leading bits (within 1.6% of the KV
+        # memoised per pool, the context kept to its 4 leading bits (within 6% of the KV
         # term, which is itself a fraction of a step's bytes)
         shift = max(0, context.bit_length() - CONTEXT_BITS)
         chunk = self.seg_chunk
-        chunk_shift = max(0, chunk.bit_length() - CHUNK_BITS)  # and the prefill chunk to 7 bits
+        chunk_shift = max(0, chunk.bit_length() - CHUNK_BITS)  # the prefill chunk to 6 (1.6%)
         key = (chunk >> chunk_shift << chunk_shift, batch, context >> shift << shift)
         cached = self.step_cache.get(key)
         if cached is None:
