@@ -67,7 +67,8 @@ class LocalActuator:
         self._host = host
         self._stop_timeout_s = stop_timeout_s
         self._workdir = tempfile.TemporaryDirectory(prefix="pdserve-local-")
-        self._log_dir = log_dir or Path(self._workdir.name)
+        self._log_dir = log_dir or Path(self._workdir.name)  # kept after close when given
+        self._log_dir.mkdir(parents=True, exist_ok=True)
         self._replicas: dict[str, dict[str, LocalReplica]] = {}
         self._ids = itertools.count(1)
 
@@ -117,10 +118,17 @@ class LocalActuator:
         return path
 
     def _pick_core(self, profile: Profile, pool: str) -> int | None:
+        """The pool's core with the fewest live replicas on it, counting every pool's (another
+        pool, or an older generation of this one, may hold a core too); ties: list order."""
         cores = profile.pools[pool].cores
         if not cores:
             return None
-        used = Counter(r.core for r in self._replicas.get(pool, {}).values())
+        used = Counter(
+            r.core
+            for members in self._replicas.values()
+            for r in members.values()
+            if r.process.returncode is None
+        )
         return min(cores, key=lambda c: (used[c], cores.index(c)))
 
     async def _launch(self, pool: str) -> LocalReplica:

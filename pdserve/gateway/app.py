@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,12 +35,15 @@ log = logging.getLogger(__name__)
 ActuatorFactory = Callable[[Callable[[], Profile]], Actuator]
 
 
-def build_actuator(profile: Profile, current: Callable[[], Profile]) -> Actuator:
+def build_actuator(
+    profile: Profile, current: Callable[[], Profile], env: Mapping[str, str]
+) -> Actuator:
     kind = profile.actuator.kind
     if kind is ActuatorKind.local:
         from pdserve.actuators.local import LocalActuator
 
-        return LocalActuator(current, host="127.0.0.1")
+        log_dir = env.get("PDSERVE_LOG_DIR")
+        return LocalActuator(current, host="127.0.0.1", log_dir=Path(log_dir) if log_dir else None)
     if kind is ActuatorKind.static:
         from pdserve.actuators.static import StaticActuator
 
@@ -67,7 +71,8 @@ def create_app(
     env: Mapping[str, str] | None = None,
     autoscale: bool = True,
 ) -> FastAPI:
-    auth = AuthConfig.from_env(os.environ if env is None else env)
+    environment = os.environ if env is None else env
+    auth = AuthConfig.from_env(environment)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +89,7 @@ def create_app(
             if actuator_factory is not None:
                 actuator = actuator_factory(current)
             else:
-                actuator = build_actuator(profile, current)
+                actuator = build_actuator(profile, current, environment)
             manager = PoolManager(
                 profile,
                 actuator,

@@ -248,3 +248,32 @@ async def test_manager_hold_times_out_as_no_replica() -> None:
                 await manager.acquire("decode")
         finally:
             await manager.close()
+
+
+async def test_local_actuator_spreads_cores_across_pools() -> None:
+    from pdserve.actuators.local import LocalActuator
+
+    profile = Profile.model_validate(
+        {
+            "name": "cores",
+            "engine": {"kind": "sim"},
+            "pools": {
+                "prefill": {"role": "prefill", "cores": [0]},
+                "decode": {"role": "decode", "cores": [1, 0], "replicas": {"max": 3}},
+            },
+        }
+    )
+    actuator = LocalActuator(lambda: profile, stop_timeout_s=5)
+    try:
+        # `pdserve worker` processes: they start and wait; only their cores matter here
+        await actuator.scale("prefill", 1, [])
+        await actuator.scale("decode", 3, [])
+        cores = {
+            pool: sorted(r.core for r in actuator._replicas[pool].values() if r.core is not None)
+            for pool in ("prefill", "decode")
+        }
+        # prefill takes 0; decode: 1 (free), then 0 (1 each), then 1 (list order on a tie)
+        assert cores == {"prefill": [0], "decode": [0, 1, 1]}
+    finally:
+        await actuator.close()
+    assert not actuator.pids()

@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from pdserve import profile as profiles
 from pdserve.actuators.local import free_port, process_tree
 
 pytestmark = pytest.mark.vllm
@@ -38,6 +40,18 @@ class Up:
     process: subprocess.Popen[str]
     base_url: str
     output: queue.Queue[str]
+    log_dir: Path
+
+    def diagnostics(self) -> str:
+        """The gateway's output and the tail of every worker log, for a failure message."""
+        lines = []
+        while not self.output.empty():
+            lines.append(self.output.get_nowait())
+        parts = ["pdserve up:", "".join(lines[-60:])]
+        for log in sorted(self.log_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            parts += [f"--- {log.name}", *tail]
+        return "\n".join(parts)
 
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -54,12 +68,14 @@ class Up:
 
 
 @pytest.fixture(scope="module")
-def up(cluster: Any) -> Iterator[Up]:
+def up(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     for name in list(cluster.running):  # room for this module's own servers
         cluster.stop(name)
     port = free_port()
     command = [sys.executable, "-m", "pdserve.cli", "up", "--profile", "local"]
+    log_dir = tmp_path_factory.mktemp("gateway-workers")
     env = {**os.environ, "PDSERVE_ADMIN_TOKEN": ADMIN, "PDSERVE_API_KEYS": ""}
+    env["PDSERVE_LOG_DIR"] = str(log_dir)
     process = subprocess.Popen(
         [*command, "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -71,7 +87,7 @@ def up(cluster: Any) -> Iterator[Up]:
     assert process.stdout is not None
     stdout = process.stdout
     threading.Thread(target=lambda: [output.put(line) for line in stdout], daemon=True).start()
-    instance = Up(process, f"http://127.0.0.1:{port}", output)
+    instance = Up(process, f"http://127.0.0.1:{port}", output, log_dir)
     try:
         _wait_ready(instance)
         yield instance
@@ -176,8 +192,17 @@ async def _stream_loop(up: Up, expected: dict[str, str], stop: threading.Event) 
     return routes
 
 
+def _pinned(name: str) -> dict[str, Any]:
+    """The shipped profile with every pool held at one replica: with the old generation still
+    draining, at most three vLLM servers run at once on this 2-core machine."""
+    profile = profiles.load(name).model_dump(mode="json")
+    for pool in profile["pools"].values():
+        pool["replicas"] = {"min": 1, "max": 1}
+    return profile
+
+
 def _switch(up: Up, name: str) -> None:
-    answer = up.admin("PUT", "/admin/profile", json={"name": name})
+    answer = up.admin("PUT", "/admin/profile", json={"profile": _pinned(name)})
     assert answer.status_code == 202, answer.text
     deadline = time.monotonic() + SWITCH_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -185,7 +210,10 @@ def _switch(up: Up, name: str) -> None:
         if state["active"] == name and state["pending"] is None:
             return
         time.sleep(1)
-    raise AssertionError(f"switch to {name} not done in {SWITCH_TIMEOUT_S} s")
+    pools = up.admin("GET", "/admin/pools").json()
+    raise AssertionError(
+        f"switch to {name} not done in {SWITCH_TIMEOUT_S} s\n{pools}\n{up.diagnostics()}"
+    )
 
 
 def test_switch_local_standard_local_under_eight_streams(up: Up) -> None:
