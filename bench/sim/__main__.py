@@ -146,8 +146,9 @@ def _write(
     requests: Requests,
 ) -> int:
     out = Path(args.out)
+    span = float(requests.arrival[-1]) if len(requests) else 0.0
     title = (
-        f"{args.scenario}, {len(requests)} requests over {args.duration:g} s, "
+        f"{args.scenario}, {len(requests)} requests over {span:.0f} s, "
         f"model {args.model}, SLO TTFT <= {args.slo_ttft:g} s and TPOT <= "
         f"{args.slo_tpot * 1000:g} ms, cold start {args.provision_s:g} s + image + weights"
     )
