@@ -30,6 +30,7 @@ class Pool:
         self.picker_state = PickerState()
         self.decisions: deque[ScaleDecision] = deque(maxlen=RECENT_DECISIONS)  # changes only
         self.last_decision: ScaleDecision | None = None
+        self.retiring = False  # dropped by a profile switch: draining, then removed
         self.lock = asyncio.Lock()  # one actuator change at a time
         self.prefill_tokens_per_s: float | None = None
         self.prefixes = PrefixIndex(block_size)

@@ -42,23 +42,31 @@ class ProfileSwitch:
             raise SwitchInProgress(f"switch to {self.pending.name} is still in progress")
         manager = self.manager
         self.pending = new
-        for name in new.pools:
-            key = worker_spec_key(new, name)
+        for name, spec in new.pools.items():
             pool = manager.pools.get(name)
             if pool is None:
                 pool = manager.new_pool(new, name)
                 manager.pools[name] = pool
-                async with pool.lock:
-                    await manager.actuator.scale(name, pool.desired, [])
-            elif pool.spec_key != key:
-                async with pool.lock:
-                    size = len(pool.members()) + new.pools[name].replicas.start
-                    await manager.actuator.scale(name, size, [])
+                self._spawn(self._grow(pool, spec.replicas.start))
+            elif pool.retiring:  # dropped by the last switch, still draining: wanted again
+                pool.retiring = False
+                pool.desired = spec.replicas.start
+                self._spawn(self._grow(pool, spec.replicas.start))
+            elif pool.spec_key != worker_spec_key(new, name):
+                self._spawn(self._grow(pool, spec.replicas.start))
         await self.advance()
+
+    async def _grow(self, pool: Pool, extra: int) -> None:
+        """Start `extra` replicas of the new generation beside the pool's current members
+        (after any drain of the pool under way: the actuator takes one change at a time)."""
+        async with pool.lock:
+            await self.manager.actuator.scale(pool.name, len(pool.members()) + extra, [])
 
     def _ready(self, new: Profile) -> bool:
         for name, spec in new.pools.items():
-            pool = self.manager.pools[name]
+            pool = self.manager.pools.get(name)
+            if pool is None:
+                return False
             key = worker_spec_key(new, name)
             wanted = spec.replicas.start
             ready = [
@@ -86,7 +94,9 @@ class ProfileSwitch:
                 self._spawn(self._retire(pool, old, len(pool.members()) - len(old)))
         for name in [n for n in manager.pools if n not in new.pools]:
             pool = manager.pools[name]
-            self._spawn(self._retire(pool, pool.members(), 0, drop=True))
+            if not pool.retiring:
+                pool.retiring = True
+                self._spawn(self._retire(pool, pool.members(), 0, drop=True))
         manager.profile = new
         self.pending = None
         log.info("profile %s is active", new.name)
@@ -101,11 +111,8 @@ class ProfileSwitch:
     ) -> None:
         async with pool.lock:
             await self.manager.drain_and_remove(pool, victims, desired)
-        if (
-            drop
-            and self.manager.pools.get(pool.name) is pool
-            and pool.name not in (self.manager.profile.pools)
-        ):
+        # a later switch may have wanted the pool again while it drained (retiring cleared)
+        if drop and pool.retiring and self.manager.pools.get(pool.name) is pool:
             del self.manager.pools[pool.name]
 
     async def cancel(self) -> None:

@@ -105,3 +105,28 @@ async def test_switch_reuses_pools_whose_worker_spec_is_unchanged() -> None:
         assert long.headers["x-pdserve-profile"] == "gw-disaggregated-tuned"
         assert {name: set(pool.replicas) for name, pool in manager.pools.items()} == before
         assert sorted(manager.actuator.pids()) == pids
+
+
+async def test_switch_back_to_a_pool_that_is_still_draining() -> None:
+    async with running_app("gw-switch-slow-prefill") as (app, client):
+        manager = app.state.gateway.manager
+        body = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 4}
+        in_prefill = asyncio.create_task(client.post("/v1/completions", json=body))
+        await until(
+            lambda: (
+                manager.pools["prefill"].replicas
+                and any(r.inflight for r in manager.pools["prefill"].replicas.values())
+            ),
+            10,
+        )
+        await _switch(client, "gw-switch-standard")
+        assert manager.pools["prefill"].retiring  # its prefill is still running: draining
+        await _switch(client, "gw-switch-slow-prefill")
+        finished = await asyncio.wait_for(in_prefill, 30)
+        assert finished.status_code == 200
+        assert finished.headers["x-pdserve-route"] == "disaggregated"
+        again = await client.post("/v1/completions", json=body)
+        assert again.headers["x-pdserve-route"] == "disaggregated"
+        assert again.json()["choices"][0]["text"] == finished.json()["choices"][0]["text"]
+        await until(lambda: set(manager.pools) == {"prefill", "decode"}, 30)
+        await until(lambda: len(manager.actuator.pids()) == 2, 60)
