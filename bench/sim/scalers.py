@@ -58,7 +58,10 @@ class HpaScaler:
     pools: dict[str, _HpaPool] = field(default_factory=dict)
 
     def __call__(self, pool: PoolState, snapshot: PoolSnapshot, view: TickView) -> tuple[int, str]:
-        memory = self.pools.setdefault(pool.name, _HpaPool())
+        if pool.name not in self.pools:
+            # as if the HPA had been running: the starting count is in the stabilisation window
+            self.pools[pool.name] = _HpaPool(deque([(snapshot.now, snapshot.current)]))
+        memory = self.pools[pool.name]
         value = self._metric(memory, snapshot.now, getattr(view, self.metric))
         target = self.targets.get(pool.name, self.default_target)
         current, ready = snapshot.current, max(snapshot.ready, 1)
