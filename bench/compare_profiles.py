@@ -23,6 +23,7 @@ import fcntl
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +117,8 @@ def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) 
     """`pdserve up` in its own process group; yields its URL once GET /ready is 200, and stops
     the whole group (gateway and workers) on the way out."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if not _port_free(port):
+        raise RuntimeError(f"port {port} is in use: pass --port")
     command = [
         sys.executable,
         "-m",
@@ -135,21 +138,36 @@ def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) 
         try:
             url = f"http://127.0.0.1:{port}"
             started = time.monotonic()
-            _wait_ready(process, url, timeout_s, log_path)
+            _wait_ready(process, url, profile_path.stem, timeout_s, log_path)
             print(f"  {profile_path.stem} ready in {time.monotonic() - started:.0f} s", flush=True)
             yield url
         finally:
             _stop(process)
 
 
-def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float, log_path: Path) -> None:
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ready(
+    process: subprocess.Popen, url: str, name: str, timeout_s: float, log_path: Path
+) -> None:
+    """Until our gateway answers /ready with `name` active (not another server on the port)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text()[-3000:]
             raise RuntimeError(f"pdserve up exited with {process.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                active = httpx.get(f"{url}/admin/profile", timeout=5).json()["active"]
+                if active != name:
+                    raise RuntimeError(f"port answered with profile {active!r}, not {name!r}")
                 return
         time.sleep(1.0)
     raise RuntimeError(f"pdserve up not ready within {timeout_s:g} s; see {log_path}")
@@ -293,7 +311,8 @@ def compare(args: argparse.Namespace) -> int:
         for setup in ("standard", "disaggregated"):
             path = PROFILES / f"{getattr(plan, setup)}.yaml"
             model = yaml.safe_load(path.read_text())["model"]["name"]
-            with pdserve_up(path, args.port, out / f"{path.stem}.log", plan.ready_timeout_s) as url:
+            port = args.port or int(yaml.safe_load(path.read_text())["gateway"]["port"])
+            with pdserve_up(path, port, out / f"{path.stem}.log", plan.ready_timeout_s) as url:
                 warm_up(url, model, plan)
                 phases = [(setup, s) for s in plan.intervals]
                 if setup == "disaggregated":
@@ -380,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=sorted(PLANS), default="vllm")
     parser.add_argument("--quick", action="store_true", help="short phases (40 s; sim 12 s)")
     parser.add_argument("--phase-s", type=float, default=None, help="seconds per phase")
-    parser.add_argument("--port", type=int, default=18800, help="the gateway's port")
+    parser.add_argument(
+        "--port", type=int, default=None, help="the gateway's port (default: the profile's)"
+    )
     parser.add_argument("--out", default="bench/results/compare")
     return parser
 

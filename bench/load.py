@@ -186,6 +186,8 @@ class _Run:
                 max(1, round(spec.prompt_tokens * spread[0])),
                 max(1, round(spec.output_tokens * spread[1])),
             )
+            if not self.results[-1].ok:
+                await asyncio.sleep(1.0)  # a failing server is not hammered by a stream
 
 
 async def run_load(
