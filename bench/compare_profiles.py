@@ -147,6 +147,7 @@ def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
