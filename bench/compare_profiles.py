@@ -88,7 +88,7 @@ PLANS = {
         long_output_tokens=16,
         intervals=(0.2, 0.08),
         phase_s=60.0,
-        quick_phase_s=12.0,
+        quick_phase_s=8.0,
         ready_timeout_s=60.0,
         slo_ttft=1.0,
         slo_itl=0.05,
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--engine", choices=sorted(PLANS), default="vllm")
-    parser.add_argument("--quick", action="store_true", help="short phases (40 s; sim 12 s)")
+    parser.add_argument("--quick", action="store_true", help="short phases (40 s; sim 8 s)")
     parser.add_argument("--phase-s", type=float, default=None, help="seconds per phase")
     parser.add_argument(
         "--port", type=int, default=None, help="the gateway's port (default: the profile's)"
