@@ -83,6 +83,7 @@ class PoolState:
     held: deque = field(default_factory=deque)  # (arrival time, request) held at the gateway
     picker: PickerState = field(default_factory=PickerState)
     step_cache: dict = field(default_factory=dict)  # decode step times, shared by replicas
+    prefill_rate: float | None = None  # tokens/s of one replica, once computed
     arrivals: int = 0  # requests sent to this pool since the last tick
     busy_mark: float = 0.0  # replicas' busy seconds at the last tick
 
@@ -216,7 +217,9 @@ class Cluster:
 
     def _prefill_rate(self, pool: PoolState) -> float:
         """The prefill throughput the gateway would have measured: an 1,800-token prompt."""
-        return 1800 / hardware.prefill_step_seconds(pool.acc, self.model, 1800)
+        if pool.prefill_rate is None:
+            pool.prefill_rate = 1800 / hardware.prefill_step_seconds(pool.acc, self.model, 1800)
+        return pool.prefill_rate
 
     def _hold(self, now: float, pool: PoolState, idx: int, local: bool) -> None:
         if len(pool.held) >= self.profile.gateway.max_queued_per_pool:
