@@ -206,13 +206,16 @@ def scale(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     requests = scenarios.build("steady", args.rate, duration, args.seed)
     generated = time.perf_counter() - started
+    cpu_started = time.process_time()
     result, summary, wall = run_one(prof, model, requests, PdserveScaler(), args)
-    rows = [
+    cpu = time.process_time() - cpu_started
+    rows: list[list[Any]] = [
         ["requests", len(requests)],
         ["replicas at start", 1000],
         ["simulated seconds", f"{summary['horizon_s']:.0f}"],
         ["workload generation s", f"{generated:.2f}"],
         ["simulation wall s", f"{wall:.1f}"],
+        ["simulation CPU s", f"{cpu:.1f}"],
         ["requests / wall s", f"{len(requests) / wall:,.0f}"],
         ["finished / dropped", f"{summary['finished']} / {summary['dropped']}"],
         ["SLO attainment", f"{summary['slo_attainment']:.3f}"],
@@ -222,7 +225,9 @@ def scale(args: argparse.Namespace) -> int:
     print(table)
     out = Path(args.out)
     params = {k: v for k, v in vars(args).items() if k != "handler"}
-    write_json({"args": params, "summary": summary, "wall_s": wall}, out / "sim_scale.json")
+    write_json(
+        {"args": params, "summary": summary, "wall_s": wall, "cpu_s": cpu}, out / "sim_scale.json"
+    )
     (out / "sim_scale.md").write_text(table)
     return 0
 
