@@ -97,7 +97,8 @@ H100_80GB = Accelerator(
 # (194 ms for 1.75e10 FLOP, attention included) gives `flops`; ITL gives the per-step overhead
 # (vLLM's scheduler, sampler and detokenizer in Python dominate a tiny model's decode). `mem_bw`
 # is a single core's streaming bandwidth. tests/vllm/test_sim_conformance.py re-checks the fit
-# (median TTFT and ITL within 30%). The link is NIXL/UCX through DRAM. Price: a 2-vCPU
+# (median TTFT and ITL within 30%); on 2026-11-25 it gave TTFT real 58.8 ms vs sim 50.9 ms and
+# ITL real 6.29 ms vs sim 6.40 ms. The link is NIXL/UCX through DRAM. Price: a 2-vCPU
 # general-purpose VM (GCP e2-standard-2, $0.067/h on demand), per core.
 CPU = Accelerator(
     name="cpu",
