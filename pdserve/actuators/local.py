@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import os
@@ -28,6 +29,7 @@ from pdserve.actuators.base import ReplicaHandle
 from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
 from pdserve.profile import Profile
 
+PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 45.0
 """A worker forwards SIGTERM to its server and waits up to ~30 s for it before giving up."""
 
@@ -147,6 +149,7 @@ class LocalActuator:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             log_file.close()
@@ -176,6 +179,14 @@ class LocalActuator:
         for pid in descendants:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the gateway dies without stopping it (Linux),
+    so even a SIGKILLed gateway leaves no worker behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -70,8 +70,12 @@ def up() -> Iterator[Up]:
         yield Up(process, f"http://127.0.0.1:{port}", banner)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(10)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 def _client(up: Up) -> openai.OpenAI:
@@ -153,6 +157,28 @@ def test_sigterm_stops_every_worker_and_frees_every_port(up: Up) -> None:
     leftovers = subprocess.run(["pgrep", "-f", "pdserve-local-"], capture_output=True, text=True)
     mine = [pid for pid in leftovers.stdout.split() if _child_of(int(pid), up.process.pid)]
     assert not mine
+
+
+def test_a_killed_gateway_leaves_no_worker_behind() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--profile"]
+    command.append(str(PROFILES / "gw-standard.yaml"))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _read_until(process, "try: curl", 120)
+        urls = [
+            e["url"]
+            for pool in httpx.get(f"http://127.0.0.1:{port}/admin/pools").json().values()
+            for e in pool["endpoints"]
+        ]
+        assert urls and all(_listening(u) for u in urls)
+    finally:
+        process.kill()  # no chance to stop anything itself
+        process.wait(10)
+    deadline = time.monotonic() + 30
+    while any(_listening(u) for u in urls) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_listening(u) for u in urls)
 
 
 def _child_of(pid: int, parent: int) -> bool:
