@@ -42,3 +42,4 @@ def test_disaggregated_greedy_equals_one_worker(
     assert got == expected
     if length > 1:
         assert pulled > 0, "the decode worker computed the prompt itself: no KV moved"
+        assert pulled <= length
