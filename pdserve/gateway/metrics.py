@@ -31,6 +31,12 @@ class GatewayMetrics:
         self.replicas = Gauge(
             "pdserve_pool_replicas", "Replicas by state", ["pool", "state"], registry=r
         )
+        self.queued_tokens = Gauge(
+            "pdserve_pool_queued_prompt_tokens",
+            "Prompt tokens held for or waiting on a pool (the prefill pool's scaling signal)",
+            ["pool"],
+            registry=r,
+        )
         self.desired = Gauge(
             "pdserve_pool_desired_replicas", "Replicas the pool should have", ["pool"], registry=r
         )
@@ -77,6 +83,7 @@ class GatewayMetrics:
             snap = manager.snapshot(name, now)
             self.queue_depth.labels(pool=name).set(snap.queued_requests)
             self.concurrency.labels(pool=name).set(snap.concurrency)
+            self.queued_tokens.labels(pool=name).set(snap.queued_prompt_tokens)
             self.desired.labels(pool=name).set(pool.desired)
             for state in ReplicaState:
                 self.replicas.labels(pool=name, state=state.value).set(pool.count(state))

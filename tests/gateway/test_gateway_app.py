@@ -186,6 +186,7 @@ async def test_metrics_models_and_admin(gateway: tuple[FastAPI, httpx.AsyncClien
         'pdserve_pool_desired_replicas{pool="prefill"} 1.0',
         "pdserve_pool_queue_depth",
         "pdserve_pool_concurrency",
+        'pdserve_pool_queued_prompt_tokens{pool="prefill"}',
         "pdserve_ttft_seconds_bucket",
         "pdserve_prefill_hop_seconds_count",
         'pdserve_replica_startup_seconds_count{pool="decode"} 1.0',
