@@ -55,13 +55,23 @@ def curl_example(base_url: str, profile: Profile) -> str:
     )
 
 
+def every_pool_up(ready_body: object, profile: Profile) -> bool:
+    """True once each pool that starts with replicas has one serving, per the body of /ready.
+    /ready itself only needs the decode pool (the gateway can serve then); `pdserve up` waits
+    for the whole profile, so a long prompt right after the banner takes the route it names."""
+    counts = ready_body.get("pools", {}) if isinstance(ready_body, dict) else {}
+    starting = [name for name, pool in profile.pools.items() if pool.replicas.start > 0]
+    return all(counts.get(name, 0) > 0 for name in starting)
+
+
 async def announce_when_ready(server: uvicorn.Server, base_url: str, profile: Profile) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         while not server.should_exit:
             try:
-                if (await client.get(f"{base_url}/ready")).status_code == 200:
+                response = await client.get(f"{base_url}/ready")
+                if response.status_code == 200 and every_pool_up(response.json(), profile):
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             await asyncio.sleep(READY_POLL_S)
         else:
