@@ -219,7 +219,10 @@ async def test_decode_pool_goes_one_two_one_under_a_burst(up: Up) -> None:
         assert done and all(tokens == 64 for tokens in done)
         # idle: 10 s stable window + 5 s delay, the victim drains, then one replica is left
         await until(http, up, "decode back to one", only(prefill=0, decode=1), 180)
-        assert [(d["current"], d["desired"]) for d in up.scale_events("decode", "up")] == [(1, 2)]
+        # Every step up is 1 -> 2 (max 2). On a loaded 2-core box the burst's tail can dip below
+        # target while the second worker starts, so a pool may go 1 -> 2 -> 1 -> 2 once more.
+        ups = [(d["current"], d["desired"]) for d in up.scale_events("decode", "up")]
+        assert ups and set(ups) == {(1, 2)}
         downs = up.scale_events("decode", "down")
         assert downs and (downs[-1]["current"], downs[-1]["desired"]) == (2, 1)
         reply = await api.chat.completions.create(
