@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from pdserve.workers.pinning import pin_tree, process_tree
+from pdserve.workers.pinning import cpu_ticks, demote, pin_tree, process_tree, spinners
 from pdserve.workers.vllm_command import WorkerCommand
 
 PIN_INTERVAL_STARTING_S = 0.5
@@ -42,6 +42,8 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.ready_seconds: float | None = None
+        self.demoted: set[int] = set()  # busy-polling threads moved to the lowest weight
+        self._ticks: tuple[float, dict[tuple[int, int], int]] | None = None
 
     @property
     def pid(self) -> int:
@@ -60,13 +62,35 @@ class WorkerProcess:
     def pin(self) -> int:
         if not self.options.cores or self.process is None:
             return 0
-        root = os.getpid() if self.options.pin_self else self.pid
-        return pin_tree(root, self.options.cores)
+        return pin_tree(self._root(), self.options.cores)
+
+    def _root(self) -> int:
+        return os.getpid() if self.options.pin_self else self.pid
+
+    def demote_spinners(self) -> list[int]:
+        """Find threads that busy-poll while the server idles (see pinning.spinners) since the
+        last call and give them the lowest weight; the newly demoted thread ids."""
+        if not self.options.cores or self.process is None:
+            return []
+        now, ticks = time.monotonic(), cpu_ticks(self._root())
+        previous, self._ticks = self._ticks, (now, ticks)
+        if previous is None:
+            return []
+        window_ticks = (now - previous[0]) * os.sysconf("SC_CLK_TCK")
+        found = [tid for _, tid in spinners(previous[1], ticks, window_ticks)]
+        new = [tid for tid in found if tid not in self.demoted and demote(tid)]
+        self.demoted.update(new)
+        for tid in new:
+            print(f"thread {tid} busy-polls while the server idles: lowest weight", flush=True)
+        return new
 
     async def keep_pinned(self) -> None:
-        """Re-bind new threads (and those vLLM re-pins) until cancelled."""
+        """Re-bind new threads (and those vLLM re-pins) and demote busy-polling ones, until
+        cancelled."""
         while True:
             self.pin()
+            if self.ready_seconds:
+                self.demote_spinners()
             interval = PIN_INTERVAL_READY_S if self.ready_seconds else PIN_INTERVAL_STARTING_S
             await asyncio.sleep(interval)
 

@@ -104,3 +104,54 @@ def pin_tree(root: int, cores: Iterable[int]) -> int:
             except OSError:
                 continue  # exited between listing and binding
     return moved
+
+
+# NIXL's agent runs a progress thread that polls without sleeping (vLLM's NixlConnector creates
+# the agent with its progress thread on and no delay). On a dedicated CPU core it takes about
+# half the core from the model thread, which doubles a prefill step. Such a thread is found by
+# what it does: busy while its process's main thread, which runs the model, is idle.
+SPINNER_MIN_SHARE = 0.5  # of one core, over the sampling window
+IDLE_MAIN_MAX_SHARE = 0.1
+DEMOTED_NICE = 19  # the lowest CFS weight: it still progresses transfers, it no longer competes
+
+
+def cpu_ticks(root: int, proc: Path = PROC) -> dict[tuple[int, int], int]:
+    """(pid, tid) -> user + system clock ticks so far, for every thread of root's tree."""
+    ticks = {}
+    for pid in process_tree(root, proc):
+        for tid in threads_of(pid, proc):
+            stat = _read(proc / str(pid) / "task" / str(tid) / "stat")
+            if stat is None:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks[(pid, tid)] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def spinners(
+    before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], window_ticks: float
+) -> list[tuple[int, int]]:
+    """Threads that used >= SPINNER_MIN_SHARE of a core between two `cpu_ticks` samples while
+    their process's main thread used <= IDLE_MAIN_MAX_SHARE (a server with no work)."""
+    if window_ticks <= 0:
+        return []
+
+    def share(key: tuple[int, int]) -> float:
+        return (after.get(key, 0) - before.get(key, after.get(key, 0))) / window_ticks
+
+    found = []
+    for pid, tid in after:
+        if tid == pid or (pid, tid) not in before or (pid, pid) not in before:
+            continue
+        if share((pid, tid)) >= SPINNER_MIN_SHARE and share((pid, pid)) <= IDLE_MAIN_MAX_SHARE:
+            found.append((pid, tid))
+    return sorted(found)
+
+
+def demote(tid: int) -> bool:
+    """Lowest scheduling weight for one thread; False if it is gone or may not be changed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, DEMOTED_NICE)
+    except OSError:
+        return False
+    return True

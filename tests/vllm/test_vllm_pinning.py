@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pdserve.workers.pinning import tree_affinity
+from pdserve.workers.pinning import DEMOTED_NICE, cpu_ticks, tree_affinity
 
 pytestmark = pytest.mark.vllm
 
@@ -23,3 +23,26 @@ def test_every_thread_of_each_worker_is_on_its_own_core(cluster) -> None:
         assert len(affinity) > 20, f"{name}: only {len(affinity)} threads found"
         off_core = {key: cores for key, cores in affinity.items() if cores != {core}}
         assert not off_core, f"{name} threads not on core {core}: {off_core}"
+
+
+def test_each_worker_demotes_the_busy_polling_nixl_progress_thread(cluster) -> None:
+    """NIXL's agent progress thread polls without sleeping; the launcher gives it the lowest
+    weight, so a forward pass on the same core gets (nearly) all of it."""
+    workers = cluster.require("prefill", "decode")
+    time.sleep(6)  # idle past two demotion checks
+    for name in ("prefill", "decode"):
+        worker = workers[name]
+        ticks = cpu_ticks(worker.process.pid)
+        demoted = [key for key in ticks if nice_of(*key) == DEMOTED_NICE]
+        assert demoted, f"{name}: no demoted thread; log:\n{worker.log_tail()}"
+        assert "busy-polls while the server idles" in worker.log_path.read_text()
+        for pid, tid in demoted:
+            assert tid != pid, f"{name}: a main thread was demoted"
+
+
+def nice_of(pid: int, tid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[16])
+    except FileNotFoundError:
+        return 0
