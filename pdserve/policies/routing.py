@@ -1,7 +1,11 @@
 """The route decision: prefill on the prefill pool (disaggregated) or locally on the decode pool.
 
-A pure function of the profile, the prompt's uncached token count and a snapshot of the prefill
-pool. The reason string says which rule decided, for logs, headers and the admin API.
+A pure function of the profile, the prompt's uncached token count and a snapshot of both pools'
+prefill work. Long prompts go to the prefill pool while its backlog fits the TTFT budget; past
+the budget a prompt is prefilled on the decode pool only if its first token comes sooner there,
+counting the prompts the decode pool is already prefilling, so an overloaded prefill pool
+does not pile its backlog onto the decode replicas. The reason string says which rule decided,
+for logs, headers and the admin API.
 """
 
 from __future__ import annotations
@@ -22,15 +26,41 @@ def decide_route(profile: Profile, uncached_tokens: int, prefill: RoutingSnapsho
         if routing.local_prefill_when_cold:
             return RouteDecision("local", "prefill pool has no ready replica: prefill locally")
         return RouteDecision("disaggregated", "prefill pool has no ready replica: hold for it")
-    capacity = prefill.prefill_tokens_per_s * prefill.prefill_ready
-    backlog_s = prefill.prefill_backlog_tokens / capacity if capacity > 0 else float("inf")
-    if backlog_s > routing.ttft_budget_s:
+    backlog_s = _seconds(
+        prefill.prefill_backlog_tokens, prefill.prefill_tokens_per_s, prefill.prefill_ready
+    )
+    if backlog_s <= routing.ttft_budget_s:
         return RouteDecision(
-            "local",
-            f"prefill backlog {backlog_s:.2f} s > ttft budget {routing.ttft_budget_s:g} s",
+            "disaggregated",
+            f"{uncached_tokens} uncached tokens >= threshold {threshold}, "
+            f"prefill backlog {backlog_s:.2f} s",
         )
+    return _overflow(uncached_tokens, backlog_s, routing.ttft_budget_s, prefill)
+
+
+def _overflow(
+    uncached_tokens: int, backlog_s: float, budget_s: float, snap: RoutingSnapshot
+) -> RouteDecision:
+    """Over the budget: prefill locally only if the decode pool would reach the first token
+    sooner, counting the prompts it is already prefilling (each one stalls its running streams)."""
+    over = f"prefill backlog {backlog_s:.2f} s > ttft budget {budget_s:g} s"
+    if snap.local_tokens_per_s <= 0:  # the decode pool's prefill rate is unknown
+        return RouteDecision("local", over)
+    remote_s = backlog_s + _seconds(uncached_tokens, snap.prefill_tokens_per_s, snap.prefill_ready)
+    local_s = _seconds(
+        snap.local_backlog_tokens + uncached_tokens, snap.local_tokens_per_s, snap.local_ready
+    )
+    if local_s < remote_s:
+        return RouteDecision("local", f"{over}: first token locally in {local_s:.2f} s")
     return RouteDecision(
         "disaggregated",
-        f"{uncached_tokens} uncached tokens >= threshold {threshold}, "
-        f"prefill backlog {backlog_s:.2f} s",
+        f"{over}, but local prefill {local_s:.2f} s >= {remote_s:.2f} s via the prefill pool",
     )
+
+
+def _seconds(tokens: int, tokens_per_s: float, replicas: int) -> float:
+    """Seconds for `replicas` replicas of `tokens_per_s` each to prefill `tokens`."""
+    capacity = tokens_per_s * replicas
+    if tokens <= 0:
+        return 0.0
+    return tokens / capacity if capacity > 0 else float("inf")

@@ -14,11 +14,15 @@ Route = Literal["disaggregated", "local"]
 
 @dataclass(frozen=True)
 class RoutingSnapshot:
-    """What the route decision needs to know of the prefill pool right now."""
+    """What the route decision needs to know of both pools' prefill work right now."""
 
     prefill_ready: int  # ready prefill replicas (0 = cold or absent)
     prefill_backlog_tokens: int  # prompt tokens queued or prefilling on the prefill pool
     prefill_tokens_per_s: float  # one replica's prefill throughput (measured or configured)
+    # the decode pool's own prefill work: prompts routed `local` that have no first token yet
+    local_ready: int = 0  # ready decode replicas
+    local_backlog_tokens: int = 0
+    local_tokens_per_s: float = 0.0  # one decode replica's prefill throughput; 0 = unknown
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,29 @@ ROUTES = [
     ("disaggregated", True, 300, 2, 3000, 1000.0, "disaggregated", "backlog 1.50 s"),
 ]
 
+OVERFLOW = [
+    # prefill pool: 1 replica at 1000 tok/s, backlog 3000 tokens = 3 s > the 2 s budget;
+    # 1000-token prompt: via the prefill pool 3 + 1 = 4 s to its first token.
+    # decode pool: replicas, local backlog tokens, tok/s -> route, reason fragment
+    (1, 0, 500.0, "local", "first token locally in 2.00 s"),  # 1000 / 500 = 2 s < 4 s
+    (1, 1000, 500.0, "disaggregated", "local prefill 4.00 s >= 4.00 s"),  # (1000 + 1000) / 500
+    (2, 1000, 500.0, "local", "locally in 2.00 s"),  # (1000 + 1000) / (500 * 2) = 2 s
+    (1, 5000, 1000.0, "disaggregated", "local prefill 6.00 s"),  # a pile of local prompts
+    (0, 0, 1000.0, "disaggregated", "local prefill inf s"),  # no decode replica ready
+    (1, 9999, 0.0, "local", "> ttft budget 2 s"),  # decode prefill rate unknown: budget only
+]
+
+
+@pytest.mark.parametrize(("ready", "backlog", "rate", "route", "reason"), OVERFLOW)
+def test_over_budget_prefills_locally_only_when_the_first_token_comes_sooner(
+    ready: int, backlog: int, rate: float, route: str, reason: str
+) -> None:
+    snapshot = RoutingSnapshot(1, 3000, 1000.0, ready, backlog, rate)
+    decision = decide_route(_profile(), 1000, snapshot)
+    assert decision.route == route
+    assert reason in decision.reason
+    assert "prefill backlog 3.00 s > ttft budget 2 s" in decision.reason
+
 
 @pytest.mark.parametrize(
     ("mode", "cold_local", "tokens", "ready", "backlog", "rate", "route", "reason"), ROUTES
