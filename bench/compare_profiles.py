@@ -55,13 +55,16 @@ class Plan:
     chat_streams: int
     long_prompt_tokens: int
     long_output_tokens: int
-    intervals: tuple[float, float]  # seconds between long prompts: the rate, the heavier rate
+    # seconds between long prompts (the rate, the heavier rate): fixed, or these multiples of
+    # the long prompt's prefill time measured at warm-up on the first stack
+    intervals: tuple[float, float] | None
     phase_s: float
     ready_timeout_s: float
     slo_ttft: float
     slo_itl: float
     quick_phase_s: float
     time_scale: float = 1.0  # simulated workers run this many times faster than modelled
+    interval_factors: tuple[float, float] = (1.15, 0.75)
 
 
 PLANS = {
@@ -72,7 +75,7 @@ PLANS = {
         chat_streams=4,
         long_prompt_tokens=1800,
         long_output_tokens=16,
-        intervals=(3.0, 2.0),
+        intervals=None,  # one prefill worker ~87% busy, then overloaded by a third
         phase_s=120.0,
         quick_phase_s=30.0,
         ready_timeout_s=420.0,
@@ -227,19 +230,37 @@ def run_phase(
     )
 
 
-def warm_up(url: str, model: str, plan: Plan, timeout_s: float) -> None:
-    """Two long prompts and two chats, one after another, results discarded: the first
-    requests of a fresh stack pay one-time costs (NIXL handshakes, first-step allocations)."""
+def warm_up(url: str, model: str, plan: Plan, timeout_s: float) -> float:
+    """Two long prompts and two chats, one after another: the first requests of a fresh stack
+    pay one-time costs (NIXL handshakes, first-step allocations). Returns the second long
+    prompt's TTFT on the idle stack (its prefill time), NaN if the stack was too slow."""
     target = Target(url=url, model=model)
+    ttfts: list[float] = []
 
     async def requests() -> None:
         async with httpx.AsyncClient() as client:
             shapes = [("long", plan.long_prompt_tokens, 4), ("chat", 64, 8)] * 2
             for i, (kind, prompt, output) in enumerate(shapes):
-                await send_one(client, target, kind, prompt, output, seq=10_000_000 + i)
+                result = await send_one(client, target, kind, prompt, output, seq=10_000_000 + i)
+                if kind == "long" and result.ok:
+                    ttfts.append(result.ttft)
 
     with contextlib.suppress(TimeoutError):  # a stack too slow to warm up is measured as it is
         asyncio.run(asyncio.wait_for(requests(), timeout=timeout_s))
+    return ttfts[-1] if len(ttfts) == 2 else math.nan
+
+
+def phase_intervals(plan: Plan, prefill_s: float, given: tuple[float, float] | None) -> tuple:
+    """The two long-prompt intervals: given on the command line, the plan's, or the plan's
+    multiples of the measured prefill time (rounded to 0.1 s)."""
+    if given is not None:
+        return given
+    if plan.intervals is not None:
+        return plan.intervals
+    if not math.isfinite(prefill_s):
+        raise RuntimeError("the warm-up's long prompts failed: no prefill time to scale by")
+    light, heavy = (round(prefill_s * factor, 1) for factor in plan.interval_factors)
+    return (light, heavy)
 
 
 def phase_metrics(run: LoadRun, plan: Plan) -> dict[str, Any]:
@@ -284,10 +305,10 @@ RATIO_ROWS = [
 ]
 
 
-def ratio_table(results: dict[str, dict[str, Any]], plan: Plan) -> str:
+def ratio_table(results: dict[str, dict[str, Any]], intervals: tuple) -> str:
     """Metric rows; per rate the standard and disaggregated values and their ratio, and at the
     heavier rate the always-disaggregate proxy's value and ratio."""
-    light, heavy = (f"every {s:g} s" for s in plan.intervals)
+    light, heavy = (f"every {s:g} s" for s in intervals)
     headers = ["metric"]
     for rate in (light, heavy):
         headers += [f"{rate}: standard", "disagg", "disagg/std"]
@@ -311,6 +332,8 @@ def compare(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     runs: dict[str, LoadRun] = {}
     drain_s = 30.0 if args.quick else 120.0
+    intervals: tuple = ()
+    prefill_s = math.nan
     with vllm_lock(args.engine):
         started = time.monotonic()  # the wait for the lock is not the benchmark's time
         for setup in ("standard", "disaggregated"):
@@ -318,10 +341,18 @@ def compare(args: argparse.Namespace) -> int:
             model = yaml.safe_load(path.read_text())["model"]["name"]
             port = args.port or int(yaml.safe_load(path.read_text())["gateway"]["port"])
             with pdserve_up(path, port, out / f"{path.stem}.log", plan.ready_timeout_s) as url:
-                warm_up(url, model, plan, timeout_s=drain_s * 2)
-                phases = [(setup, s) for s in plan.intervals]
+                measured = warm_up(url, model, plan, timeout_s=drain_s * 2)
+                if not intervals:  # the first stack sets the workload of both
+                    prefill_s = measured
+                    intervals = phase_intervals(plan, prefill_s, args.intervals)
+                    print(
+                        f"  a {plan.long_prompt_tokens}-token prefill takes {prefill_s:.2f} s: "
+                        f"long prompts every {intervals[0]:g} s, then every {intervals[1]:g} s",
+                        flush=True,
+                    )
+                phases = [(setup, s) for s in intervals]
                 if setup == "disaggregated":
-                    phases.append(("always-disaggregated", plan.intervals[1]))
+                    phases.append(("always-disaggregated", intervals[1]))
                 for name, interval in phases:
                     if name == "always-disaggregated":
                         switch_profile(url, PROFILES / f"{plan.always}.yaml")
@@ -329,7 +360,8 @@ def compare(args: argparse.Namespace) -> int:
                     runs[key] = run_phase(url, model, plan, interval, phase_s, drain_s)
                     results[key] = phase_metrics(runs[key], plan)
                     _progress(key, results[key])
-    return _report(args, plan, phase_s, results, runs, time.monotonic() - started)
+    timing = (intervals, prefill_s, time.monotonic() - started)
+    return _report(args, plan, phase_s, results, runs, timing)
 
 
 def _progress(key: str, m: dict[str, Any]) -> None:
@@ -347,23 +379,27 @@ def _report(
     phase_s: float,
     results: dict[str, dict[str, Any]],
     runs: dict[str, LoadRun],
-    total_s: float,
+    timing: tuple[tuple, float, float],
 ) -> int:
     out = Path(args.out)
+    intervals, prefill_s, total_s = timing
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     title = (
         f"compare_profiles --engine {args.engine}, {stamp}: {plan.chat_streams} chat streams"
-        f" + a {plan.long_prompt_tokens}-token prompt every {plan.intervals[0]:g} s / "
-        f"{plan.intervals[1]:g} s, {phase_s:g} s per phase, total {total_s:.0f} s; "
+        f" + a {plan.long_prompt_tokens}-token prompt every {intervals[0]:g} s / "
+        f"{intervals[1]:g} s (its prefill alone: {prefill_s:.2f} s), {phase_s:g} s per phase, "
+        f"total {total_s:.0f} s; "
         f"goodput SLO TTFT <= {plan.slo_ttft:g} s, TPOT <= {plan.slo_itl * 1000:g} ms; "
         f"latencies in seconds{_scale_note(plan)}"
     )
-    table = f"### {title}\n\n" + ratio_table(results, plan)
+    table = f"### {title}\n\n" + ratio_table(results, intervals)
     write_json(
         {
             "args": {k: v for k, v in vars(args).items() if k != "handler"},
             "plan": asdict(plan),
             "phase_s": phase_s,
+            "intervals_s": list(intervals),
+            "long_prefill_s": prefill_s,
             "total_s": total_s,
             "results": results,
         },
@@ -407,10 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--phase-s", type=float, default=None, help="seconds per phase")
     parser.add_argument(
+        "--intervals",
+        type=_two_floats,
+        default=None,
+        help="seconds between long prompts in the two phases, e.g. 8,5 (default for vLLM: "
+        "1.15x and 0.75x the long prompt's prefill time measured at warm-up)",
+    )
+    parser.add_argument(
         "--port", type=int, default=None, help="the gateway's port (default: the profile's)"
     )
     parser.add_argument("--out", default="bench/results/compare")
     return parser
+
+
+def _two_floats(text: str) -> tuple[float, float]:
+    light, heavy = (float(part) for part in text.split(","))
+    return (light, heavy)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.compare_profiles import PLANS, LoadRun, phase_metrics, ratio_table
+from bench.compare_profiles import PLANS, LoadRun, phase_intervals, phase_metrics, ratio_table
 from bench.metrics import RequestResult
 
 pytestmark = pytest.mark.unit
@@ -83,9 +83,18 @@ def test_ratio_table_divides_disaggregated_by_standard() -> None:
         "disaggregated every 2 s": base,
         "always-disaggregated every 2 s": {**base, "long_ttft_p50_s": 4.0},
     }
-    table = ratio_table(results, plan)
+    table = ratio_table(results, (3.0, 2.0))
     row = next(line for line in table.splitlines() if line.startswith("| chat ITL p99 |"))
     assert "| 0.06 |" in row
     ttft = next(line for line in table.splitlines() if line.startswith("| long-prompt TTFT p50"))
     assert ttft.rstrip().endswith("| 4.00 |")
     assert math.isnan(phase_metrics(LoadRun([], 1.0), plan)["chat_itl_p99_s"])
+
+
+def test_phase_intervals_scale_with_the_measured_prefill_unless_given() -> None:
+    vllm, sim = PLANS["vllm"], PLANS["sim"]
+    assert phase_intervals(vllm, 6.8, None) == (7.8, 5.1)  # 6.8 x 1.15 = 7.82, 6.8 x 0.75
+    assert phase_intervals(vllm, 6.8, (3.0, 2.0)) == (3.0, 2.0)
+    assert phase_intervals(sim, math.nan, None) == sim.intervals  # fixed for simulated workers
+    with pytest.raises(RuntimeError, match="no prefill time"):
+        phase_intervals(vllm, math.nan, None)
