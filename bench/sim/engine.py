@@ -206,6 +206,9 @@ class Cluster:
             prefill_ready=len(prefill.ready) if prefill else 0,
             prefill_backlog_tokens=self._prefill_backlog(now) if prefill else 0,
             prefill_tokens_per_s=self._prefill_rate(prefill) if prefill else 1.0,
+            local_ready=len(self.decode.ready),
+            local_backlog_tokens=self.ledger.local_prefill_tokens,
+            local_tokens_per_s=self._prefill_rate(self.decode),
         )
         decision = decide_route(self.profile, self.prompt[idx], snapshot)
         if decision.route == "disaggregated" and prefill is not None:

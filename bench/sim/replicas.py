@@ -49,6 +49,7 @@ class Ledger:
     dropped: list[str | None]
     itl_hist: dict[int, float] = field(default_factory=dict)  # log bin -> tokens
     done: int = 0  # requests finished or dropped
+    local_prefill_tokens: int = 0  # prompts on decode replicas awaiting prefill, all replicas
 
     @classmethod
     def empty(cls, n: int) -> Ledger:
@@ -208,6 +209,7 @@ class DecodeReplica:
         self.waiting.append((idx, prompt, output, local))
         if local:
             self.local_tokens += prompt
+            self.ledger.local_prefill_tokens += prompt
         self._admit(now)
 
     def wake(self, now: float) -> None:
@@ -247,6 +249,7 @@ class DecodeReplica:
         for idx, prompt, output in self.segment:
             self.ledger.first_token[idx] = now
             self.local_tokens -= prompt
+            self.ledger.local_prefill_tokens -= prompt
             if output <= 1:
                 self.ledger.finish[idx] = now
                 self.ledger.done += 1

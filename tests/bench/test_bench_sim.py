@@ -179,3 +179,20 @@ def test_pdserve_scales_decode_up_for_a_burst_and_back_down() -> None:
     assert during > 2 * before
     assert after < during
     assert not math.isnan(summarize(result, 2.0, 0.15)["ttft_p99_s"])
+
+
+def test_an_overloaded_prefill_pool_overflows_locally_only_while_that_is_faster() -> None:
+    # 12 long prompts at once, a near-zero TTFT budget: the budget-only rule would prefill the
+    # 11 behind the first on the 2 decode replicas; pdserve's rule sends a prompt there only
+    # while their own prefill queue would give it an earlier first token
+    n = 12
+    requests = _requests([i * 0.001 for i in range(n)], [8000] * n, [16] * n)
+    result = simulate(
+        SimConfig(_disagg(ttft_budget_s=0.001), MODEL),
+        requests,
+        StaticScaler({"prefill": 1, "decode": 2}),
+    )
+    local = n - sum(result.ledger.route_disagg)
+    assert 0 < local < n - 1, result.ledger.route_disagg
+    assert result.ledger.done == n
+    assert result.ledger.local_prefill_tokens == 0  # every local prefill finished
