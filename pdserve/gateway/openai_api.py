@@ -34,13 +34,7 @@ def gateway_of(request: Request) -> Gateway:
 
 
 def routing_snapshot(manager: PoolManager, profile: Profile, now: float) -> RoutingSnapshot:
-    name = profile.prefill_pool
-    if name is None or name not in manager.pools:
-        return RoutingSnapshot(0, 0, 1.0)
-    pool = manager.pools[name]
-    rate = pool.prefill_tokens_per_s or pool.spec.scaling.prefill_tokens_per_s
-    backlog = manager.snapshot(name, now).queued_prompt_tokens
-    return RoutingSnapshot(manager.ready_count(name), backlog, rate)
+    return manager.routing_snapshot(profile, now)
 
 
 def affinity_key(body: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ class Exchange:
     affinity_key: str | None = None
     block_hashes: list[int] = field(default_factory=list)  # the prompt's KV blocks
     arrived: float = field(default_factory=time.monotonic)
+    local_sent: float | None = None  # sent to a decode replica to prefill there, no token yet
 
     @property
     def stream(self) -> bool:
@@ -111,7 +112,7 @@ class Forwarder:
             self.manager.release(replica, ex.prompt_tokens)
         elapsed = self.clock() - started
         self.metrics.prefill_hop.observe(elapsed)
-        self.manager.pools[pool].observe_prefill(ex.prompt_tokens, elapsed)
+        self.manager.pools[pool].observe_prefill(replica, ex.prompt_tokens, started, self.clock())
         return answer if disagg.kv_params_of(answer) is not None else None
 
     async def complete(self, ex: Exchange) -> Response:
@@ -144,6 +145,9 @@ class Forwarder:
 
     async def _send(self, ex: Exchange, replica: Replica, body: dict[str, Any]) -> Response:
         """Send to one replica; `RetryableFailure` if it fails before its first byte."""
+        if ex.route == "local":
+            ex.local_sent = self.clock()
+            self.manager.begin_local_prefill(replica, ex.prompt_tokens)
         try:
             response = await self.upstream.open(
                 f"{replica.url}{ex.path}",
@@ -167,6 +171,7 @@ class Forwarder:
             response.release()
             self._failed(replica, ex)
             raise RetryableFailure(f"stream ended before its first byte: {exc!r}") from None
+        self._local_prefilled(ex, replica, sample=True)
         self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
         return StreamingResponse(
             self._relay(ex, replica, response, first, body_chunks),
@@ -175,7 +180,18 @@ class Forwarder:
             headers=ex.headers(),
         )
 
+    def _local_prefilled(self, ex: Exchange, replica: Replica, sample: bool) -> None:
+        """A local prefill is over: its first token (a rate sample when streamed) or a failure."""
+        if ex.local_sent is None:
+            return
+        sent = ex.local_sent if sample else None
+        self.manager.end_local_prefill(
+            ex.profile.decode_pool, replica, ex.prompt_tokens, sent, self.clock()
+        )
+        ex.local_sent = None
+
     def _failed(self, replica: Replica, ex: Exchange) -> None:
+        self._local_prefilled(ex, replica, sample=False)
         replica.eject()
         self.manager.release(replica, ex.prompt_tokens)
 
@@ -189,6 +205,7 @@ class Forwarder:
             raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
         finally:
             response.release()
+        self._local_prefilled(ex, replica, sample=False)  # the whole answer: no prefill time
         self.manager.release(replica, ex.prompt_tokens)
         status = response.status
         if status == 200:

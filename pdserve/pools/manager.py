@@ -17,7 +17,7 @@ import httpx
 
 from pdserve.actuators.base import Actuator
 from pdserve.policies.picking import pick, preferred_replica
-from pdserve.policies.types import ScaleDecision
+from pdserve.policies.types import RoutingSnapshot, ScaleDecision
 from pdserve.pools.hold import Overloaded
 from pdserve.pools.pool import Pool, drain_victims, wait_drained
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
@@ -203,6 +203,37 @@ class PoolManager:
         replica.inflight = max(0, replica.inflight - 1)
         replica.inflight_prompt_tokens = max(0, replica.inflight_prompt_tokens - prompt_tokens)
 
+    def begin_local_prefill(self, replica: Replica, prompt_tokens: int) -> None:
+        """A prompt sent to a decode replica to be prefilled there (the `local` route)."""
+        replica.local_prefill_tokens += prompt_tokens
+
+    def end_local_prefill(
+        self, pool_name: str, replica: Replica, prompt_tokens: int, sent: float | None, now: float
+    ) -> None:
+        """Its first token arrived (`sent` is set) or the attempt failed (`sent` is None).
+        Prompts from the routing threshold up are samples of the replica's prefill rate."""
+        replica.local_prefill_tokens = max(0, replica.local_prefill_tokens - prompt_tokens)
+        pool = self.pools.get(pool_name)
+        sample = prompt_tokens >= self.profile.routing.prefill_threshold
+        if sent is not None and pool is not None and sample:
+            pool.observe_prefill(replica, prompt_tokens, sent, now)
+
+    def routing_snapshot(self, profile: Profile, now: float) -> RoutingSnapshot:
+        """Both pools' prefill work, as the route decision reads it."""
+        prefill = self.pools.get(profile.prefill_pool or "")
+        if prefill is None:
+            return RoutingSnapshot(0, 0, 1.0)
+        decode = self.pools.get(profile.decode_pool)
+        local = decode.serving() if decode is not None else []
+        return RoutingSnapshot(
+            prefill_ready=len(prefill.serving()),
+            prefill_backlog_tokens=self.snapshot(prefill.name, now).queued_prompt_tokens,
+            prefill_tokens_per_s=_rate(prefill),
+            local_ready=len(local),
+            local_backlog_tokens=sum(r.local_prefill_tokens for r in local),
+            local_tokens_per_s=_rate(decode) if decode is not None else 0.0,
+        )
+
     def expected_cached_tokens(
         self, pool_name: str, affinity_key: str | None, hashes: list[int]
     ) -> int:
@@ -286,3 +317,8 @@ class PoolManager:
             await self.actuator.scale(pool.name, size, [r.id for r in dead])
             for replica in dead:
                 pool.remove(replica.id)
+
+
+def _rate(pool: Pool) -> float:
+    """One replica's prefill throughput: measured, else the pool's configured estimate."""
+    return pool.prefill_tokens_per_s or pool.spec.scaling.prefill_tokens_per_s

@@ -62,8 +62,12 @@ class Pool:
         """Replicas that count towards the pool's size: alive and not draining."""
         return [r for r in self.replicas.values() if r.alive and not r.draining]
 
-    def observe_prefill(self, tokens: int, seconds: float) -> None:
-        """Exponential average of one replica's measured prefill throughput."""
+    def observe_prefill(self, replica: Replica, tokens: int, sent: float, now: float) -> None:
+        """Exponential average of one replica's prefill throughput. A prompt's service time
+        runs from when the replica could start it (sent, or its previous prefill done: vLLM
+        prefills in arrival order) to its first token, so queueing does not read as slowness."""
+        seconds = now - max(sent, replica.prefill_done_at)
+        replica.prefill_done_at = now
         if tokens <= 0 or seconds <= 0:
             return
         rate = tokens / seconds
