@@ -89,6 +89,7 @@ async def serve(profile: Profile, host: str, port: int) -> int:
         port=port,
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # no client address is used: skip its per-request rewrite
         timeout_graceful_shutdown=30,
     )
     server = StoppableServer(config)

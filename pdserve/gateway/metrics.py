@@ -70,6 +70,26 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # the request path's labelled children, kept: `labels()` takes a lock and builds its
+        # key on every call, several times per request
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._ttft: dict[str, Histogram] = {}
+        self._itl: dict[str, Histogram] = {}
+
+    def count_request(self, route: str, status: int | str) -> None:
+        """`pdserve_requests_total{route,status}` += 1."""
+        key = (route, str(status))
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
+
+    def observe_ttft(self, route: str, seconds: float) -> None:
+        _route_child(self._ttft, self.ttft, route).observe(seconds)
+
+    def itl_of(self, route: str) -> Histogram:
+        """The inter-token latency histogram of one route."""
+        return _route_child(self._itl, self.itl, route)
 
     def observe_startup(self, pool: str, seconds: float) -> None:
         self.startup.labels(pool=pool).observe(seconds)
@@ -88,3 +108,10 @@ class GatewayMetrics:
             for state in ReplicaState:
                 self.replicas.labels(pool=name, state=state.value).set(pool.count(state))
         return generate_latest(self.registry)
+
+
+def _route_child(cache: dict[str, Histogram], metric: Histogram, route: str) -> Histogram:
+    child = cache.get(route)
+    if child is None:
+        child = cache[route] = metric.labels(route)
+    return child

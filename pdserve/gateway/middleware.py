@@ -27,8 +27,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         length = _content_length(scope)
-        if length is not None and length > self.max_bytes:
-            await self._refuse(send)
+        if length is not None:
+            # the server frames the body by Content-Length: no more than that can arrive
+            if length > self.max_bytes:
+                await self._refuse(send)
+            else:
+                await self.app(scope, receive, send)
             return
         received = 0
         started = refused = False

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve import disagg
 from pdserve.gateway.auth import PRIORITY_HEADER, client_priority
@@ -58,12 +60,38 @@ def check_length(profile: Profile, body: dict[str, Any], prompt_tokens: int) -> 
         )
 
 
-async def exchange_for(gw: Gateway, request: Request, chat: bool) -> Exchange:
+REQUEST_HEADERS = frozenset((b"authorization", PRIORITY_HEADER.encode(), b"x-request-id"))
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The headers the gateway reads, in one pass over the raw ones (first value wins)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in REQUEST_HEADERS:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def exchange_for(gw: Gateway, scope: Scope, raw_body: bytes, chat: bool) -> Exchange:
     """Authenticate, validate, count and route one request (raises `OpenAIError`)."""
-    priority = client_priority(
-        gw.auth, request.headers.get("authorization"), request.headers.get(PRIORITY_HEADER)
-    )
-    body = disagg.strip_client_kv_params(parse_body(await request.body(), chat))
+    headers = request_headers(scope)
+    priority = client_priority(gw.auth, headers.get("authorization"), headers.get(PRIORITY_HEADER))
+    body = disagg.strip_client_kv_params(parse_body(raw_body, chat))
     profile = gw.manager.profile
     if body["model"] != profile.model.name:
         raise OpenAIError(
@@ -78,9 +106,9 @@ async def exchange_for(gw: Gateway, request: Request, chat: bool) -> Exchange:
     snapshot = routing_snapshot(gw.manager, profile, time.monotonic())
     decision = decide_route(profile, prompt_tokens - cached, snapshot)
     return Exchange(
-        path=request.url.path,
+        path=scope["path"],
         body=body,
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        request_id=headers.get("x-request-id") or secrets.token_hex(16),
         profile=profile,
         route=decision.route,
         prompt_tokens=prompt_tokens,
@@ -90,29 +118,42 @@ async def exchange_for(gw: Gateway, request: Request, chat: bool) -> Exchange:
     )
 
 
-async def _complete(request: Request, chat: bool) -> Response:
-    gw = gateway_of(request)
+async def complete(gw: Gateway, scope: Scope, raw_body: bytes, chat: bool) -> ASGIApp:
+    """The response to one completion request: the worker's, or an error in OpenAI's shape."""
     exchange = None
     try:
-        exchange = await exchange_for(gw, request, chat)
+        exchange = await exchange_for(gw, scope, raw_body, chat)
         return await gw.forwarder.complete(exchange)
     except OpenAIError as exc:
         route = exchange.route if exchange is not None else "none"
-        gw.metrics.requests.labels(route=route, status=str(exc.status)).inc()
+        gw.metrics.count_request(route, exc.status)
         headers = exchange.headers() if exchange is not None else None
         if headers is None:
             headers = {"x-pdserve-profile": gw.manager.profile.name, "x-pdserve-route": "none"}
         return error_response(exc, headers)
 
 
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    return await _complete(request, chat=False)
+class CompletionsEndpoint:
+    """POST /v1/completions or /v1/chat/completions as plain ASGI: the gateway's hottest path
+    reads and validates its own body, so the framework's request wrapping would be pure cost."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw: Gateway = scope["app"].state.gateway
+        try:
+            raw_body = await read_body(receive)
+        except ClientGone:
+            return
+        response = await complete(gw, scope, raw_body, self.chat)
+        await response(scope, receive, send)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _complete(request, chat=True)
+router.routes.append(Route("/v1/completions", CompletionsEndpoint(chat=False), methods=["POST"]))
+router.routes.append(
+    Route("/v1/chat/completions", CompletionsEndpoint(chat=True), methods=["POST"])
+)
 
 
 @router.get("/v1/models")

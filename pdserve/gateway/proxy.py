@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from fastapi.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from pdserve import disagg
 from pdserve.gateway.errors import OpenAIError, sse_error_event
 from pdserve.gateway.metrics import GatewayMetrics
+from pdserve.gateway.streaming import RelayResponse
 from pdserve.gateway.upstream import TRANSPORT_ERRORS, Upstream, UpstreamError, chunks
 from pdserve.policies.types import Route
 from pdserve.pools.manager import NoReplica, Overloaded, PoolManager
@@ -115,7 +116,7 @@ class Forwarder:
         self.manager.pools[pool].observe_prefill(replica, ex.prompt_tokens, started, self.clock())
         return answer if disagg.kv_params_of(answer) is not None else None
 
-    async def complete(self, ex: Exchange) -> Response:
+    async def complete(self, ex: Exchange) -> Response | RelayResponse:
         body = ex.body
         if ex.route == "disaggregated":
             prefilled = await self.prefill(ex)
@@ -125,7 +126,7 @@ class Forwarder:
                 body = disagg.decode_request(ex.body, prefilled)
         return await self._decode(ex, body)
 
-    async def _decode(self, ex: Exchange, body: dict[str, Any]) -> Response:
+    async def _decode(self, ex: Exchange, body: dict[str, Any]) -> Response | RelayResponse:
         pool = ex.profile.decode_pool
         tried: set[str] = set()
         last_error = "no attempt"
@@ -143,7 +144,9 @@ class Forwarder:
             return response
         raise OpenAIError(503, f"every attempt failed: {last_error}", "replica_failed", None, 1)
 
-    async def _send(self, ex: Exchange, replica: Replica, body: dict[str, Any]) -> Response:
+    async def _send(
+        self, ex: Exchange, replica: Replica, body: dict[str, Any]
+    ) -> Response | RelayResponse:
         """Send to one replica; `RetryableFailure` if it fails before its first byte."""
         if ex.route == "local":
             ex.local_sent = self.clock()
@@ -172,13 +175,9 @@ class Forwarder:
             self._failed(replica, ex)
             raise RetryableFailure(f"stream ended before its first byte: {exc!r}") from None
         self._local_prefilled(ex, replica, sample=True)
-        self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
-        return StreamingResponse(
-            self._relay(ex, replica, response, first, body_chunks),
-            status_code=200,
-            media_type="text/event-stream",
-            headers=ex.headers(),
-        )
+        self.metrics.observe_ttft(ex.route, self.clock() - ex.arrived)
+        headers = {"content-type": "text/event-stream; charset=utf-8", **ex.headers()}
+        return RelayResponse(self._relay(ex, replica, response, first, body_chunks), 200, headers)
 
     def _local_prefilled(self, ex: Exchange, replica: Replica, sample: bool) -> None:
         """A local prefill is over: its first token (a rate sample when streamed) or a failure."""
@@ -209,8 +208,8 @@ class Forwarder:
         self.manager.release(replica, ex.prompt_tokens)
         status = response.status
         if status == 200:
-            self.metrics.ttft.labels(route=ex.route).observe(self.clock() - ex.arrived)
-        self.metrics.requests.labels(route=ex.route, status=str(status)).inc()
+            self.metrics.observe_ttft(ex.route, self.clock() - ex.arrived)
+        self.metrics.count_request(ex.route, status)
         media = response.headers.get("Content-Type", "application/json")
         return Response(content, status_code=status, media_type=media, headers=ex.headers())
 
@@ -221,10 +220,10 @@ class Forwarder:
         response: aiohttp.ClientResponse,
         first: bytes,
         body_chunks: AsyncIterator[bytes],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         status = "200"
         previous = self.clock()
-        itl = self.metrics.itl.labels(route=ex.route)
+        itl = self.metrics.itl_of(ex.route)
         try:
             yield first
             async for chunk in body_chunks:
@@ -240,4 +239,4 @@ class Forwarder:
         finally:
             response.release()
             self.manager.release(replica, ex.prompt_tokens)
-            self.metrics.requests.labels(route=ex.route, status=status).inc()
+            self.metrics.count_request(ex.route, status)

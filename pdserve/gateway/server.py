@@ -16,6 +16,7 @@ def run_gateway(profile: Profile, host: str | None = None, port: int | None = No
         port=port or profile.gateway.port,
         log_level="info",
         access_log=False,
+        proxy_headers=False,  # no client address is used: skip its per-request rewrite
         timeout_graceful_shutdown=30,
     )
     uvicorn.Server(config).run()
