@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from pdserve.workers.pinning import cpu_ticks, demote, pin_tree, process_tree, spinners
+from pdserve.workers.pinning import (
+    ThreadSample,
+    demote,
+    pin_tree,
+    process_tree,
+    sample_threads,
+    spinners,
+)
 from pdserve.workers.vllm_command import WorkerCommand
 
 PIN_INTERVAL_STARTING_S = 0.5
@@ -43,7 +50,7 @@ class WorkerProcess:
         self.started_at = 0.0
         self.ready_seconds: float | None = None
         self.demoted: set[int] = set()  # busy-polling threads moved to the lowest weight
-        self._ticks: tuple[float, dict[tuple[int, int], int]] | None = None
+        self._sample: tuple[float, dict[tuple[int, int], ThreadSample]] | None = None
 
     @property
     def pid(self) -> int:
@@ -68,20 +75,20 @@ class WorkerProcess:
         return os.getpid() if self.options.pin_self else self.pid
 
     def demote_spinners(self) -> list[int]:
-        """Find threads that busy-poll while the server idles (see pinning.spinners) since the
-        last call and give them the lowest weight; the newly demoted thread ids."""
+        """Find threads that busy-poll (see pinning.spinners) since the last call and give them
+        the lowest weight; the newly demoted thread ids."""
         if not self.options.cores or self.process is None:
             return []
-        now, ticks = time.monotonic(), cpu_ticks(self._root())
-        previous, self._ticks = self._ticks, (now, ticks)
+        now, sample = time.monotonic(), sample_threads(self._root())
+        previous, self._sample = self._sample, (now, sample)
         if previous is None:
             return []
         window_ticks = (now - previous[0]) * os.sysconf("SC_CLK_TCK")
-        found = [tid for _, tid in spinners(previous[1], ticks, window_ticks)]
+        found = [tid for _, tid in spinners(previous[1], sample, window_ticks)]
         new = [tid for tid in found if tid not in self.demoted and demote(tid)]
         self.demoted.update(new)
         for tid in new:
-            print(f"thread {tid} busy-polls while the server idles: lowest weight", flush=True)
+            print(f"thread {tid} busy-polls: given the lowest weight", flush=True)
         return new
 
     async def keep_pinned(self) -> None:

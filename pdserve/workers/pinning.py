@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -109,41 +110,63 @@ def pin_tree(root: int, cores: Iterable[int]) -> int:
 # NIXL's agent runs a progress thread that polls without sleeping (vLLM's NixlConnector creates
 # the agent with its progress thread on and no delay). On a dedicated CPU core it takes about
 # half the core from the model thread, which doubles a prefill step. Such a thread is found by
-# what it does: busy while its process's main thread, which runs the model, is idle.
+# what it does: it keeps a core busy and has never blocked, or it is busy while its process's
+# main thread, which runs the model, is idle.
 SPINNER_MIN_SHARE = 0.5  # of one core, over the sampling window
 IDLE_MAIN_MAX_SHARE = 0.1
 DEMOTED_NICE = 19  # the lowest CFS weight: it still progresses transfers, it no longer competes
 
 
-def cpu_ticks(root: int, proc: Path = PROC) -> dict[tuple[int, int], int]:
-    """(pid, tid) -> user + system clock ticks so far, for every thread of root's tree."""
-    ticks = {}
+@dataclass(frozen=True)
+class ThreadSample:
+    ticks: int  # user + system clock ticks so far
+    voluntary_switches: int  # times it blocked (slept, waited) so far
+
+
+def sample_threads(root: int, proc: Path = PROC) -> dict[tuple[int, int], ThreadSample]:
+    """(pid, tid) -> CPU time and blocking count so far, for every thread of root's tree."""
+    samples = {}
     for pid in process_tree(root, proc):
         for tid in threads_of(pid, proc):
-            stat = _read(proc / str(pid) / "task" / str(tid) / "stat")
-            if stat is None:
+            task = proc / str(pid) / "task" / str(tid)
+            stat, status = _read(task / "stat"), _read(task / "status")
+            if stat is None or status is None:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            ticks[(pid, tid)] = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+            samples[(pid, tid)] = ThreadSample(
+                ticks, _status_int(status, "voluntary_ctxt_switches")
+            )
+    return samples
+
+
+def _status_int(status: str, key: str) -> int:
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split(":", 1)[1])
+    return 0
 
 
 def spinners(
-    before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], window_ticks: float
+    before: dict[tuple[int, int], ThreadSample],
+    after: dict[tuple[int, int], ThreadSample],
+    window_ticks: float,
 ) -> list[tuple[int, int]]:
-    """Threads that used >= SPINNER_MIN_SHARE of a core between two `cpu_ticks` samples while
-    their process's main thread used <= IDLE_MAIN_MAX_SHARE (a server with no work)."""
+    """Non-main threads that used >= SPINNER_MIN_SHARE of a core between two samples and
+    either never blocked in their life or ran while their process's main thread was idle."""
     if window_ticks <= 0:
         return []
 
     def share(key: tuple[int, int]) -> float:
-        return (after.get(key, 0) - before.get(key, after.get(key, 0))) / window_ticks
+        return (after[key].ticks - before[key].ticks) / window_ticks
 
     found = []
-    for pid, tid in after:
+    for (pid, tid), now in after.items():
         if tid == pid or (pid, tid) not in before or (pid, pid) not in before:
             continue
-        if share((pid, tid)) >= SPINNER_MIN_SHARE and share((pid, pid)) <= IDLE_MAIN_MAX_SHARE:
+        if share((pid, tid)) < SPINNER_MIN_SHARE:
+            continue
+        if now.voluntary_switches == 0 or share((pid, pid)) <= IDLE_MAIN_MAX_SHARE:
             found.append((pid, tid))
     return sorted(found)
 

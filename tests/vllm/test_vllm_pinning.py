@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pdserve.workers.pinning import DEMOTED_NICE, cpu_ticks, tree_affinity
+from pdserve.workers.pinning import DEMOTED_NICE, sample_threads, tree_affinity
 
 pytestmark = pytest.mark.vllm
 
@@ -32,10 +32,10 @@ def test_each_worker_demotes_the_busy_polling_nixl_progress_thread(cluster) -> N
     time.sleep(6)  # idle past two demotion checks
     for name in ("prefill", "decode"):
         worker = workers[name]
-        ticks = cpu_ticks(worker.process.pid)
-        demoted = [key for key in ticks if nice_of(*key) == DEMOTED_NICE]
+        threads = sample_threads(worker.process.pid)
+        demoted = [key for key in threads if nice_of(*key) == DEMOTED_NICE]
         assert demoted, f"{name}: no demoted thread; log:\n{worker.log_tail()}"
-        assert "busy-polls while the server idles" in worker.log_path.read_text()
+        assert "busy-polls: given the lowest weight" in worker.log_path.read_text()
         for pid, tid in demoted:
             assert tid != pid, f"{name}: a main thread was demoted"
 

@@ -10,36 +10,48 @@ import textwrap
 import pytest
 
 from pdserve.workers.launcher import LaunchOptions, WorkerProcess
-from pdserve.workers.pinning import DEMOTED_NICE, spinners
+from pdserve.workers.pinning import DEMOTED_NICE, ThreadSample, sample_threads, spinners
 from pdserve.workers.vllm_command import WorkerCommand
 
 TICKS = 100.0  # a one-second window at 100 ticks/s
 
 
+def _s(ticks: int, voluntary: int = 500) -> ThreadSample:
+    return ThreadSample(ticks, voluntary)
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("main_ticks", "thread_ticks", "expected"),
+    ("main_ticks", "thread_ticks", "thread_blocked", "expected"),
     [
-        (0, 90, [(10, 11)]),  # main idle, thread at 90% of a core: a spinner
-        (5, 50, [(10, 11)]),  # main near idle, thread at exactly the 50% bound
-        (60, 90, []),  # main busy (a forward pass): helpers may be busy too
-        (0, 30, []),  # a thread doing some work, not polling
-        (11, 95, []),  # main just above the idle bound
+        (0, 90, 40, [(10, 11)]),  # main idle, a helper at 90% of a core: a spinner
+        (5, 50, 40, [(10, 11)]),  # main near idle, helper at exactly the 50% bound
+        (60, 90, 40, []),  # main busy (a forward pass): a helper that blocks may be busy too
+        (60, 90, 0, [(10, 11)]),  # ...but one that has never blocked in its life polls
+        (0, 30, 0, []),  # a thread doing some work, not a core's worth
+        (11, 95, 3, []),  # main just above the idle bound, the helper has blocked before
     ],
 )
-def test_spinners_table(main_ticks: int, thread_ticks: int, expected: list) -> None:
-    before = {(10, 10): 1000, (10, 11): 500, (10, 12): 7}
-    after = {(10, 10): 1000 + main_ticks, (10, 11): 500 + thread_ticks, (10, 12): 7}
+def test_spinners_table(
+    main_ticks: int, thread_ticks: int, thread_blocked: int, expected: list
+) -> None:
+    before = {(10, 10): _s(1000), (10, 11): _s(500, thread_blocked), (10, 12): _s(7)}
+    after = {
+        (10, 10): _s(1000 + main_ticks),
+        (10, 11): _s(500 + thread_ticks, thread_blocked),
+        (10, 12): _s(7),
+    }
     assert spinners(before, after, TICKS) == expected
 
 
 @pytest.mark.unit
 def test_spinners_ignore_new_threads_main_threads_and_empty_windows() -> None:
-    before = {(10, 10): 0}
-    after = {(10, 10): 0, (10, 11): 99}  # started inside the window: no rate to judge
+    before = {(10, 10): _s(0)}
+    after = {(10, 10): _s(0), (10, 11): _s(99, 0)}  # started inside the window: no rate
     assert spinners(before, after, TICKS) == []
-    assert spinners({(20, 20): 0}, {(20, 20): 100}, TICKS) == []  # a busy main is the model
-    assert spinners({(10, 10): 0, (10, 11): 0}, {(10, 10): 0, (10, 11): 99}, 0) == []
+    assert spinners({(20, 20): _s(0, 0)}, {(20, 20): _s(100, 0)}, TICKS) == []  # the model
+    idle = {(10, 10): _s(0), (10, 11): _s(0, 0)}
+    assert spinners(idle, {(10, 10): _s(0), (10, 11): _s(99, 0)}, 0) == []
 
 
 SPINNING_SERVER = textwrap.dedent(
@@ -95,3 +107,11 @@ async def test_launcher_demotes_a_thread_that_spins_while_the_server_idles() -> 
         assert worker.demote_spinners() == []  # reported once
     finally:
         await worker.stop()
+
+
+@pytest.mark.integration
+def test_sample_threads_reads_cpu_time_and_blocking_of_a_real_tree() -> None:
+    samples = sample_threads(os.getpid())
+    main = samples[(os.getpid(), os.getpid())]
+    assert main.ticks > 0
+    assert main.voluntary_switches > 0  # pytest has slept and read files by now
