@@ -3,7 +3,8 @@
 Real engine (default): two vLLM CPU workers serving the seeded `small` model, every process of
 each bound to its own core: two unified workers (profile cpu-standard-small) against one prefill
 and one decode worker (cpu-disaggregated-small). Workload per phase: 4 continuous chat streams
-plus an 1,800-token prompt every 3 s, then every 2 s (where one prefill worker saturates). At the
+plus an 1,800-token prompt every 1.15x its prefill time (measured at warm-up: about 6.8 s on one
+core here), then every 0.6x (where one prefill worker saturates). At the
 heavier rate the disaggregated stack is switched live to an always-disaggregate proxy
 (cpu-always-disaggregated-small: no route decision) for a third column. `--engine sim` runs the
 same on simulated workers with A100 timing at larger pool sizes (sim-*.yaml).
@@ -64,7 +65,7 @@ class Plan:
     slo_itl: float
     quick_phase_s: float
     time_scale: float = 1.0  # simulated workers run this many times faster than modelled
-    interval_factors: tuple[float, float] = (1.15, 0.75)
+    interval_factors: tuple[float, float] = (1.15, 0.6)
 
 
 PLANS = {
@@ -75,7 +76,7 @@ PLANS = {
         chat_streams=4,
         long_prompt_tokens=1800,
         long_output_tokens=16,
-        intervals=None,  # one prefill worker ~87% busy, then overloaded by a third
+        intervals=None,  # one prefill worker ~87% busy, then overloaded
         phase_s=120.0,
         quick_phase_s=30.0,
         ready_timeout_s=420.0,
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_two_floats,
         default=None,
         help="seconds between long prompts in the two phases, e.g. 8,5 (default for vLLM: "
-        "1.15x and 0.75x the long prompt's prefill time measured at warm-up)",
+        "1.15x and 0.6x the long prompt's prefill time measured at warm-up)",
     )
     parser.add_argument(
         "--port", type=int, default=None, help="the gateway's port (default: the profile's)"

@@ -168,6 +168,8 @@ class PoolManager:
         while True:
             replica = self._pick(pool, affinity_key, excluded)
             if replica is not None:
+                if replica.inflight == 0:
+                    replica.busy_since = self.clock()
                 replica.inflight += 1
                 replica.inflight_prompt_tokens += prompt_tokens
                 return replica
@@ -225,10 +227,14 @@ class PoolManager:
             return RoutingSnapshot(0, 0, 1.0)
         decode = self.pools.get(profile.decode_pool)
         local = decode.serving() if decode is not None else []
+        rate = _rate(prefill)
+        backlog = prefill.queue.tokens + sum(
+            _unfinished_tokens(r, rate, now) for r in prefill.replicas.values()
+        )
         return RoutingSnapshot(
             prefill_ready=len(prefill.serving()),
-            prefill_backlog_tokens=self.snapshot(prefill.name, now).queued_prompt_tokens,
-            prefill_tokens_per_s=_rate(prefill),
+            prefill_backlog_tokens=backlog,
+            prefill_tokens_per_s=rate,
             local_ready=len(local),
             local_backlog_tokens=sum(r.local_prefill_tokens for r in local),
             local_tokens_per_s=_rate(decode) if decode is not None else 0.0,
@@ -322,3 +328,11 @@ class PoolManager:
 def _rate(pool: Pool) -> float:
     """One replica's prefill throughput: measured, else the pool's configured estimate."""
     return pool.prefill_tokens_per_s or pool.spec.scaling.prefill_tokens_per_s
+
+
+def _unfinished_tokens(replica: Replica, tokens_per_s: float, now: float) -> int:
+    """Prompt tokens a prefill replica still has to process: its in-flight prompts less what
+    it has done since it started on the oldest of them (prompts are prefilled in order)."""
+    started = max(replica.busy_since, replica.prefill_done_at)
+    done = max(0.0, now - started) * tokens_per_s
+    return max(0, replica.inflight_prompt_tokens - int(done))

@@ -43,6 +43,7 @@ class Replica:
     inflight_prompt_tokens: int = 0
     local_prefill_tokens: int = 0  # prompts sent here to be prefilled, no first token yet
     prefill_done_at: float = 0.0  # when its latest prefill reached a first token
+    busy_since: float = 0.0  # when its in-flight count last rose from zero
     failures: int = 0  # consecutive failed probes or requests
     labels: dict[str, str] = field(default_factory=dict)
 

@@ -93,7 +93,7 @@ def test_ratio_table_divides_disaggregated_by_standard() -> None:
 
 def test_phase_intervals_scale_with_the_measured_prefill_unless_given() -> None:
     vllm, sim = PLANS["vllm"], PLANS["sim"]
-    assert phase_intervals(vllm, 6.8, None) == (7.8, 5.1)  # 6.8 x 1.15 = 7.82, 6.8 x 0.75
+    assert phase_intervals(vllm, 6.8, None) == (7.8, 4.1)  # 6.8 x 1.15 = 7.82, 6.8 x 0.6
     assert phase_intervals(vllm, 6.8, (3.0, 2.0)) == (3.0, 2.0)
     assert phase_intervals(sim, math.nan, None) == sim.intervals  # fixed for simulated workers
     with pytest.raises(RuntimeError, match="no prefill time"):

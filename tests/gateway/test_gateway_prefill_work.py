@@ -111,3 +111,26 @@ async def test_local_prefills_are_counted_until_their_first_token_through_the_ap
         assert answer.status_code == 200, answer.text
         assert all(r.local_prefill_tokens == 0 for r in pool.replicas.values())
         assert pool.prefill_tokens_per_s == measured  # a whole answer is no prefill sample
+
+
+@pytest.mark.unit
+async def test_the_prefill_backlog_is_what_the_replica_has_not_done_yet() -> None:
+    profile = _profile()  # prefill pool: 300 tok/s configured
+    clock = {"now": 100.0}
+    async with httpx.AsyncClient() as client:
+        manager = PoolManager(profile, NoActuator(), client, clock=lambda: clock["now"])
+        for name in profile.pools:
+            manager.pools[name] = manager.new_pool(profile, name)
+        replica = _ready(manager, "prefill", "p1")
+        await manager.acquire("prefill", prompt_tokens=1800)  # starts at t=100
+        clock["now"] = 101.0
+        await manager.acquire("prefill", prompt_tokens=1800)  # queued behind it
+        assert replica.busy_since == 100.0
+        # 3 s in: 3600 - 3 x 300 = 2700 tokens left
+        assert manager.routing_snapshot(profile, 103.0).prefill_backlog_tokens == 2700
+        # the first one's first token at 106; 1 s later: 1800 - 300 = 1500
+        manager.pools["prefill"].observe_prefill(replica, 1800, sent=100.0, now=106.0)
+        manager.release(replica, 1800)
+        assert manager.routing_snapshot(profile, 107.0).prefill_backlog_tokens == 1500
+        # long overdue: nothing is counted as left, never below zero
+        assert manager.routing_snapshot(profile, 200.0).prefill_backlog_tokens == 0
