@@ -14,14 +14,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from starlette.responses import Response
 
 from pdserve import disagg
 from pdserve.gateway.errors import OpenAIError, sse_error_event
 from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.streaming import RelayResponse
-from pdserve.gateway.upstream import TRANSPORT_ERRORS, Upstream, UpstreamError, chunks
+from pdserve.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, chunks
 from pdserve.policies.types import Route
 from pdserve.pools.manager import NoReplica, Overloaded, PoolManager
 from pdserve.pools.replica import Replica
@@ -194,14 +193,12 @@ class Forwarder:
         replica.eject()
         self.manager.release(replica, ex.prompt_tokens)
 
-    async def _whole(
-        self, ex: Exchange, replica: Replica, response: aiohttp.ClientResponse
-    ) -> Response:
+    async def _whole(self, ex: Exchange, replica: Replica, response: UpstreamResponse) -> Response:
         try:
             content = await response.read()
-        except TRANSPORT_ERRORS as exc:
+        except UpstreamError as exc:
             self._failed(replica, ex)
-            raise RetryableFailure(f"{type(exc).__name__}: {exc}") from None
+            raise RetryableFailure(str(exc)) from None
         finally:
             response.release()
         self._local_prefilled(ex, replica, sample=False)  # the whole answer: no prefill time
@@ -210,14 +207,14 @@ class Forwarder:
         if status == 200:
             self.metrics.observe_ttft(ex.route, self.clock() - ex.arrived)
         self.metrics.count_request(ex.route, status)
-        media = response.headers.get("Content-Type", "application/json")
+        media = response.content_type or "application/json"
         return Response(content, status_code=status, media_type=media, headers=ex.headers())
 
     async def _relay(
         self,
         ex: Exchange,
         replica: Replica,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         first: bytes,
         body_chunks: AsyncIterator[bytes],
     ) -> AsyncGenerator[bytes, None]:
