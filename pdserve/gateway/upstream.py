@@ -21,7 +21,7 @@ import httptools
 MAX_CONNECTIONS = 4096
 IDLE_REUSE_S = 4.0
 """Idle connections older than this are not reused: uvicorn (so vLLM) closes them after 5 s."""
-PAUSE_BYTES, RESUME_BYTES = 256 * 1024, 64 * 1024
+PAUSE_BYTES = 256 * 1024
 """Read no further from a worker while this much of its answer waits for a slow client."""
 
 
@@ -125,7 +125,9 @@ class _Connection(asyncio.Protocol):
         await self.headers_read
 
     async def next_data(self) -> bytes | None:
-        """The next piece of the body as it arrives; None once it is complete."""
+        """All of the body that has arrived and not been taken, waiting for some if none has;
+        None once it is complete. Pieces that came together leave together (one relay write
+        for a burst of tokens, not one each)."""
         while not self.body:
             if self.complete:
                 return None
@@ -133,9 +135,10 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             self.waiter = self.loop.create_future()
             await self.waiter
-        data = self.body.popleft()
-        self.buffered -= len(data)
-        if self.paused and self.buffered < RESUME_BYTES and self.transport is not None:
+        data = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return data
