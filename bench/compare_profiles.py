@@ -119,7 +119,7 @@ def vllm_lock(engine: str) -> Iterator[None]:
 @contextlib.contextmanager
 def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) -> Iterator[str]:
     """`pdserve up` in its own process group; yields its URL once GET /ready is 200, and stops
-    the whole group (gateway and workers) on the way out."""
+    the whole group (gateway and workers) on the way out. Worker logs go beside its log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if not _port_free(port):
         raise RuntimeError(f"port {port} is in use: pass --port")
@@ -135,9 +135,10 @@ def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) 
         "--port",
         str(port),
     ]
+    env = {**os.environ, "PDSERVE_LOG_DIR": str(log_path.with_suffix(".workers"))}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         try:
             url = f"http://127.0.0.1:{port}"
