@@ -40,7 +40,12 @@ class RelayResponse:
 
         watcher = asyncio.create_task(watch())
         try:
+            # the first step runs the source up to its first chunk, so that its own clean-up
+            # (releasing the worker) runs however this response ends, even before a byte went
+            first = await anext(self.chunks, b"")
             await send(self.start)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
