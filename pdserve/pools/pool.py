@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Iterable
 
@@ -13,6 +14,8 @@ from pdserve.pools.prefix import PrefixIndex
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
 from pdserve.pools.workerspec import SPEC_LABEL
 from pdserve.profile import PoolSpec
+
+PREFILL_RATE_WINDOW_S = 30.0  # older prefills weigh e^-1 less per this many seconds
 
 RECENT_DECISIONS = 20
 
@@ -33,6 +36,9 @@ class Pool:
         self.retiring = False  # dropped by a profile switch: draining, then removed
         self.lock = asyncio.Lock()  # one actuator change at a time
         self.prefill_tokens_per_s: float | None = None
+        self._prefill_tokens = 0.0  # decayed sums behind prefill_tokens_per_s
+        self._prefill_seconds = 0.0
+        self._prefill_at = 0.0
         self.prefixes = PrefixIndex(block_size)
 
     def of_generation(self, replica: Replica, key: str | None = None) -> bool:
@@ -63,16 +69,22 @@ class Pool:
         return [r for r in self.replicas.values() if r.alive and not r.draining]
 
     def observe_prefill(self, replica: Replica, tokens: int, sent: float, now: float) -> None:
-        """Exponential average of one replica's prefill throughput. A prompt's service time
-        runs from when the replica could start it (sent, or its previous prefill done: vLLM
-        prefills in arrival order) to its first token, so queueing does not read as slowness."""
-        seconds = now - max(sent, replica.prefill_done_at)
+        """One prompt's prefill reached its first token: update the pool's measured per-replica
+        prefill throughput. A prompt's service time runs from when the replica could start it
+        (sent, or its previous prefill done: vLLM prefills in arrival order) to its first token,
+        so queueing does not read as slowness. The rate is tokens over seconds, both decayed
+        with time, not an average of per-prompt rates: answers that arrive in a burst (one long
+        service time, then one near zero) still add up to the replica's real throughput."""
+        seconds = max(0.0, now - max(sent, replica.prefill_done_at))
         replica.prefill_done_at = now
-        if tokens <= 0 or seconds <= 0:
+        if tokens <= 0:
             return
-        rate = tokens / seconds
-        previous = self.prefill_tokens_per_s
-        self.prefill_tokens_per_s = rate if previous is None else 0.8 * previous + 0.2 * rate
+        decay = math.exp(-max(0.0, now - self._prefill_at) / PREFILL_RATE_WINDOW_S)
+        self._prefill_at = now
+        self._prefill_tokens = decay * self._prefill_tokens + tokens
+        self._prefill_seconds = decay * self._prefill_seconds + seconds
+        if self._prefill_seconds > 0:
+            self.prefill_tokens_per_s = self._prefill_tokens / self._prefill_seconds
 
 
 def drain_victims(pool: Pool, count: int) -> list[Replica]:

@@ -67,6 +67,11 @@ async def test_queueing_behind_another_prompt_does_not_read_as_a_slow_replica() 
         # an idle gap, then one more: measured from its own send
         pool.observe_prefill(replica, 900, sent=20.0, now=23.0)
         assert pool.prefill_tokens_per_s == pytest.approx(300.0)
+        # two answers delivered in one burst (the API server was starved while the model ran):
+        # 12 s then ~0 s of service for 3,600 tokens is still about 300 tok/s, not 1.8 M
+        pool.observe_prefill(replica, 1800, sent=30.0, now=42.0)
+        pool.observe_prefill(replica, 1800, sent=30.0, now=42.001)
+        assert pool.prefill_tokens_per_s == pytest.approx(300.0, rel=0.01)
 
 
 @pytest.mark.unit
