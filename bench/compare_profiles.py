@@ -221,9 +221,11 @@ def long_prompts(plan: Plan, interval_s: float, duration_s: float) -> workload.R
 
 
 def run_phase(
-    url: str, model: str, plan: Plan, interval_s: float, phase_s: float, drain_s: float
+    url: str, model: str, plan: Plan, interval_s: float, phase_s: float, drain_s: float, phase: int
 ) -> LoadRun:
-    target = Target(url=url, model=model)
+    """One phase; its prompts are numbered from `phase` x 1,000,000, so that phases on one stack
+    share no prompt (a later phase would hit the prefix cache) and both stacks get the same."""
+    target = Target(url=url, model=model, first_seq=phase * 1_000_000)
     limits = Limits(duration_s=phase_s, max_requests=100_000, drain_s=drain_s)
     # a time scale below 1 slows simulated workers down so the client keeps up with their tokens
     requests = long_prompts(plan, interval_s / plan.time_scale, phase_s)
@@ -355,11 +357,11 @@ def compare(args: argparse.Namespace) -> int:
                 phases = [(setup, s) for s in intervals]
                 if setup == "disaggregated":
                     phases.append(("always-disaggregated", intervals[1]))
-                for name, interval in phases:
+                for phase, (name, interval) in enumerate(phases, start=1):
                     if name == "always-disaggregated":
                         switch_profile(url, PROFILES / f"{plan.always}.yaml")
                     key = f"{name} every {interval:g} s"
-                    runs[key] = run_phase(url, model, plan, interval, phase_s, drain_s)
+                    runs[key] = run_phase(url, model, plan, interval, phase_s, drain_s, phase)
                     results[key] = phase_metrics(runs[key], plan)
                     _progress(key, results[key])
     timing = (intervals, prefill_s, time.monotonic() - started)

@@ -46,6 +46,9 @@ class Target:
     ignore_eos: bool = True  # vLLM's extension: always generate max_tokens
     chars_per_token: float = 1.0  # pdserve's seeded models are byte-level: one token per byte
     request_timeout_s: float = 600.0
+    # prompts are numbered from here: runs with different bases share no prompt (and no
+    # prefix-cache hits) on the same server
+    first_seq: int = 1
 
 
 @dataclass
@@ -153,8 +156,9 @@ class _Run:
     async def send(self, kind: str, prompt_tokens: int, output_tokens: int) -> None:
         self.sent += 1
         result = await send_one(
-            self.client, self.target, kind, prompt_tokens, output_tokens, self.sent
-        )
+            self.client, self.target, kind, prompt_tokens, output_tokens,
+            self.target.first_seq + self.sent - 1,
+        )  # fmt: skip
         result.start -= self.started
         self.results.append(result)
         self.progress.update(1)
@@ -288,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not send vLLM's ignore_eos (outputs may end early)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--first-seq",
+        type=int,
+        default=None,
+        help="number of the first prompt (default: from the clock, so that repeated runs "
+        "against one server do not hit its prefix cache)",
+    )
     parser.add_argument("--out", default="bench/results/load", help="output directory")
     parser.add_argument("--quick", action="store_true", help="20 s, at most 40 requests")
     return parser
@@ -302,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         ignore_eos=not args.no_ignore_eos,
         chars_per_token=args.chars_per_token,
+        first_seq=args.first_seq if args.first_seq is not None else int(time.time()) * 1000,
     )
     limits = Limits(duration_s=args.duration, max_requests=args.max_requests, drain_s=args.drain)
     run = asyncio.run(run_load(target, limits, build_requests(args), parse_streams(args.streams)))

@@ -9,8 +9,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from bench import load, workload
 from pdserve.workers.sim.launch import SimFleet
@@ -92,3 +94,25 @@ def test_main_writes_json_markdown_and_plot(worker_url: str, tmp_path: Path) -> 
     assert summary["goodput_rps"] > 0
     assert "| all |" in (tmp_path / "load.md").read_text()
     assert (tmp_path / "load_cdf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prompts_are_numbered_from_first_seq_so_runs_share_no_prefix() -> None:
+    prompts: list[str] = []
+
+    def worker(request: httpx.Request) -> httpx.Response:
+        prompts.append(json.loads(request.content)["prompt"])
+        chunk = {"choices": [{"text": "a"}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+
+    async def two_runs() -> None:
+        for first_seq in (1, 1_000_000):
+            target = load.Target(url="http://w", model="tiny", first_seq=first_seq)
+            limits = load.Limits(duration_s=10, max_requests=10, drain_s=1)
+            async with httpx.AsyncClient(transport=httpx.MockTransport(worker)) as client:
+                run = load._Run(client, target, limits, tqdm(disable=True))
+                for _ in range(2):
+                    await run.send("chat", 64, 1)
+
+    asyncio.run(two_runs())
+    heads = [prompt.split(" ", 1)[0] for prompt in prompts]
+    assert heads == ["r1", "r2", "r1000000", "r1000001"]
