@@ -97,8 +97,12 @@ async def test_launcher_demotes_a_thread_that_spins_while_the_server_idles() -> 
     try:
         await worker.wait_ready()
         assert worker.demote_spinners() == []  # the first call only takes a sample
-        await asyncio.sleep(1.0)
-        demoted = worker.demote_spinners()
+        demoted: list[int] = []
+        for _ in range(20):  # a 1 s window each; on a loaded machine a window may fall short
+            await asyncio.sleep(1.0)
+            demoted = worker.demote_spinners()
+            if demoted:
+                break
         assert len(demoted) == 1, demoted
         assert demoted[0] != worker.pid
         assert nice_of(worker.pid, demoted[0]) == DEMOTED_NICE
