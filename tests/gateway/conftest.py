@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -54,3 +56,15 @@ async def running_app(
             wanted = [n for n, spec in manager.profile.pools.items() if spec.replicas.start > 0]
             await until(lambda: all(manager.ready_count(n) > 0 for n in wanted), READY_TIMEOUT_S)
             yield app, client
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM a `pdserve up` (it stops its workers), SIGKILL it if it has not exited in 60 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

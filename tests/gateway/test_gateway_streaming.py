@@ -4,7 +4,6 @@ client that goes away mid-stream ends the worker's generation rather than leavin
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from pdserve.actuators.local import free_port
 from pdserve.pools.replica import parse_worker_metrics
-from tests.gateway.conftest import PROFILES
+from tests.gateway.conftest import PROFILES, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +50,7 @@ def gateway() -> Iterator[str]:
         _wait(lambda: _ready(base_url), READY_TIMEOUT_S, "the gateway is ready")
         yield base_url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 def _decode_endpoint(base_url: str) -> dict[str, object]:

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from pdserve.actuators.local import free_port
-from tests.gateway.conftest import PROFILES
+from tests.gateway.conftest import PROFILES, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +69,7 @@ def up() -> Iterator[Up]:
         banner = _read_until(process, "try: curl", 120)
         yield Up(process, f"http://127.0.0.1:{port}", banner)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
 
 
 def _client(up: Up) -> openai.OpenAI:
