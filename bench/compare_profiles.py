@@ -138,7 +138,7 @@ def pdserve_up(profile_path: Path, port: int, log_path: Path, timeout_s: float) 
     env = {**os.environ, "PDSERVE_LOG_DIR": str(log_path.with_suffix(".workers"))}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            command, stdout=log, stderr=subprocess.STDOUT, process_group=0, env=env
         )
         try:
             url = f"http://127.0.0.1:{port}"

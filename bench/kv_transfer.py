@@ -290,7 +290,7 @@ def start_pair(timeout_s: float = 400.0) -> Pair:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            process_group=0,
         )  # fmt: skip
         for role, port, core in (("prefill", ports[0], 0), ("decode", ports[1], 1))
     ]

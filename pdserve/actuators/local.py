@@ -1,8 +1,11 @@
 """Replicas as `pdserve worker` processes on this machine (the actuator of `pdserve up`).
 
 Each replica gets a free HTTP port, its own NIXL side-channel port and, on CPU, a core from its
-pool's `cores` (the least used one). It runs in a new session, so stopping it (SIGTERM, then
-SIGKILL after a bound) takes its whole process group: no orphans, no leftover ports.
+pool's `cores` (the least used one). It runs in a process group of its own, so stopping it
+(SIGTERM, then SIGKILL after a bound) takes the whole group: no orphans, no leftover ports. It
+stays in this session: Linux shares CPU between sessions first (autogroup), then among a
+session's threads by weight, so a worker's demoted NIXL polling thread yields to everything
+`pdserve up` runs.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ class LocalActuator:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,
                 preexec_fn=die_with_parent,
             )
         finally:

@@ -1,4 +1,4 @@
-"""Running a composed worker command: its own session, signals forwarded to the whole tree,
+"""Running a composed worker command: its own process group, signals forwarded to the whole tree,
 a bounded wait for `/health`, and on CPU every thread of the tree bound to its cores.
 
 `run_worker` is what `pdserve worker` calls; it returns when the server exits or after a
@@ -62,7 +62,10 @@ class WorkerProcess:
         self.process = await asyncio.create_subprocess_exec(
             *self.command.argv,
             env={**os.environ, **self.command.env},
-            start_new_session=True,  # its own process group: one signal reaches the tree
+            # Its own process group (one signal reaches the tree) but the caller's session:
+            # Linux groups a session's threads for CPU shares (autogroup), so a thread
+            # demoted here competes at low weight with everything the caller runs.
+            process_group=0,
         )
         self.pin()
 
@@ -83,8 +86,8 @@ class WorkerProcess:
         previous, self._sample = self._sample, (now, sample)
         if previous is None:
             return []
-        window_ticks = (now - previous[0]) * os.sysconf("SC_CLK_TCK")
-        found = [tid for _, tid in spinners(previous[1], sample, window_ticks)]
+        window_ns = (now - previous[0]) * 1e9
+        found = [tid for _, tid in spinners(previous[1], sample, window_ns)]
         new = [tid for tid in found if tid not in self.demoted and demote(tid)]
         self.demoted.update(new)
         for tid in new:

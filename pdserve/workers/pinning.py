@@ -110,34 +110,47 @@ def pin_tree(root: int, cores: Iterable[int]) -> int:
 # NIXL's agent runs a progress thread that polls without sleeping (vLLM's NixlConnector creates
 # the agent with its progress thread on and no delay). On a dedicated CPU core it takes about
 # half the core from the model thread, which doubles a prefill step. Such a thread is found by
-# what it does: it keeps a core busy and has never blocked, or it is busy while its process's
-# main thread, which runs the model, is idle.
-SPINNER_MIN_SHARE = 0.5  # of one core, over the sampling window
+# what it does: it keeps wanting a core and has never blocked, or it wants one while its
+# process's main thread, which runs the model, is idle. "Wanting" is time running plus time
+# waiting for a CPU (/proc/.../schedstat), so a spinner is seen as such on a contended core too.
+SPINNER_MIN_SHARE = 0.5  # of the sampling window, running or runnable
 IDLE_MAIN_MAX_SHARE = 0.1
 DEMOTED_NICE = 19  # the lowest CFS weight: it still progresses transfers, it no longer competes
 
 
 @dataclass(frozen=True)
 class ThreadSample:
-    ticks: int  # user + system clock ticks so far
+    demand_ns: int  # time running plus time runnable but waiting for a CPU, so far
     voluntary_switches: int  # times it blocked (slept, waited) so far
 
 
 def sample_threads(root: int, proc: Path = PROC) -> dict[tuple[int, int], ThreadSample]:
-    """(pid, tid) -> CPU time and blocking count so far, for every thread of root's tree."""
+    """(pid, tid) -> CPU demand and blocking count so far, for every thread of root's tree."""
     samples = {}
     for pid in process_tree(root, proc):
         for tid in threads_of(pid, proc):
             task = proc / str(pid) / "task" / str(tid)
-            stat, status = _read(task / "stat"), _read(task / "status")
-            if stat is None or status is None:
+            demand, status = _demand_ns(task), _read(task / "status")
+            if demand is None or status is None:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            ticks = int(fields[11]) + int(fields[12])  # utime, stime
             samples[(pid, tid)] = ThreadSample(
-                ticks, _status_int(status, "voluntary_ctxt_switches")
+                demand, _status_int(status, "voluntary_ctxt_switches")
             )
     return samples
+
+
+def _demand_ns(task: Path) -> int | None:
+    """Running + run-queue time from schedstat; CPU time from stat where schedstat is absent."""
+    schedstat = _read(task / "schedstat")
+    if schedstat:
+        run_ns, wait_ns = schedstat.split()[:2]
+        return int(run_ns) + int(wait_ns)
+    stat = _read(task / "stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _status_int(status: str, key: str) -> int:
@@ -150,15 +163,16 @@ def _status_int(status: str, key: str) -> int:
 def spinners(
     before: dict[tuple[int, int], ThreadSample],
     after: dict[tuple[int, int], ThreadSample],
-    window_ticks: float,
+    window_ns: float,
 ) -> list[tuple[int, int]]:
-    """Non-main threads that used >= SPINNER_MIN_SHARE of a core between two samples and
-    either never blocked in their life or ran while their process's main thread was idle."""
-    if window_ticks <= 0:
+    """Non-main threads that wanted a CPU for >= SPINNER_MIN_SHARE of the window between two
+    samples and either never blocked in their life or did so while their process's main thread
+    was idle."""
+    if window_ns <= 0:
         return []
 
     def share(key: tuple[int, int]) -> float:
-        return (after[key].ticks - before[key].ticks) / window_ticks
+        return (after[key].demand_ns - before[key].demand_ns) / window_ns
 
     found = []
     for (pid, tid), now in after.items():

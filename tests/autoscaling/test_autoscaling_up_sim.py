@@ -57,7 +57,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-        start_new_session=True,
+        process_group=0,
     )
     running = Up(f"http://127.0.0.1:{port}", process)
     try:

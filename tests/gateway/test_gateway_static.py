@@ -42,7 +42,7 @@ def _start(command: list[str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
-        start_new_session=True,
+        process_group=0,
     )
 
 

@@ -133,9 +133,7 @@ class Cluster:
         argv += ["--port", str(port), "--side-channel-port", str(side)]
         argv += ["--block-lease-s", str(LEASE_S), "--ready-timeout", str(START_TIMEOUT_S)]
         with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, process_group=0)
         return Worker(name, port, side, process, log_path)
 
     def _wait_ready(self, worker: Worker) -> None:

@@ -69,7 +69,7 @@ def up(cluster: Any, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            start_new_session=True,
+            process_group=0,
         )
     running = Up(f"http://127.0.0.1:{port}", process, log)
     try:
