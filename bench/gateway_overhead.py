@@ -2,6 +2,7 @@
 
 Starts `pdserve up` with one simulated worker whose model time is ~0 (bench/profiles/
 gateway-overhead.yaml), then in the same run:
+0. idle: the gateway's CPU time per second with no traffic (its health and metrics probes);
 1. latency: sequential requests, alternating direct and through the gateway; p50/p99 of each and
    the difference (target: <= 1 ms added at p50);
 2. streaming: the same for a streamed 16-token request, time to the first event (TTFT) and to
@@ -146,8 +147,12 @@ def cpu_seconds(pid: int) -> float:
 
 async def measure(args: argparse.Namespace, gateway: str, pid: int) -> dict[str, float]:
     direct = await wait_worker_url(gateway)
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(args.idle)  # no traffic: what the health and metrics probes cost
+    idle_cpu_s = cpu_seconds(pid) - cpu_before
+    result = {"gateway_idle_cpu_ms_per_s": idle_cpu_s * 1000 / (time.monotonic() - started)}
     async with httpx.AsyncClient(timeout=30) as client:
-        result = await latency(client, direct, gateway, args.requests)
+        result |= await latency(client, direct, gateway, args.requests)
         result |= await stream_latency(client, direct, gateway, args.stream_requests)
     result["direct_rps"], _ = await throughput(direct, args.concurrency, args.duration)
     cpu_before = cpu_seconds(pid)
@@ -176,6 +181,8 @@ def report(result: dict[str, float]) -> str:
             f"| max requests/s | {result['direct_rps']:.0f} | {result['gateway_rps']:.0f}"
             f" | {result['throughput_ratio']:.0%} | >= 50%: {rps_ok} |",
             f"| gateway CPU per request (ms) | | {result['gateway_cpu_ms_per_request']:.3f} | | |",
+            f"| gateway CPU while idle (ms per s) | | {result['gateway_idle_cpu_ms_per_s']:.1f}"
+            " | | |",
             "",
             f"{result['cpus']:.0f} CPUs, 1-minute load average {result['load_average_1m']:.1f} "
             "(client, gateway and worker share them)",
@@ -196,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds without traffic, for the probes' CPU"
+    )
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     port = free_port()

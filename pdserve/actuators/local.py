@@ -151,8 +151,7 @@ class LocalActuator:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=die_with_parent,
+                preexec_fn=own_group_dying_with_parent,  # uvloop takes no process_group
             )
         finally:
             log_file.close()
@@ -184,9 +183,11 @@ class LocalActuator:
                 os.kill(pid, signal.SIGKILL)
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the gateway dies without stopping it (Linux),
-    so even a SIGKILLed gateway leaves no worker behind."""
+def own_group_dying_with_parent() -> None:
+    """In the child before exec: a process group of its own (stopping it reaches the group),
+    and SIGTERM if the gateway dies without stopping it (Linux), so even a SIGKILLed gateway
+    leaves no worker behind."""
+    os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

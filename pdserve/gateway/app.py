@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -76,10 +75,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         upstream = Upstream()
         await upstream.start()
-        async with httpx.AsyncClient(limits=limits, timeout=None) as client:
+        try:
             metrics = GatewayMetrics()
             holder: list[PoolManager] = []
 
@@ -93,16 +91,14 @@ def create_app(
             manager = PoolManager(
                 profile,
                 actuator,
-                client,
+                upstream,
                 on_startup=metrics.observe_startup,
                 on_decision=metrics.observe_decision,
             )
             holder.append(manager)
             counter = await asyncio.to_thread(PromptCounter.for_model, profile.model)
             forwarder = Forwarder(manager, upstream, metrics)
-            app.state.gateway = Gateway(
-                manager, forwarder, counter, metrics, auth, client, upstream
-            )
+            app.state.gateway = Gateway(manager, forwarder, counter, metrics, auth, upstream)
             await manager.start()
             autoscaler = start_autoscaler(manager) if autoscale else None
             try:
@@ -114,7 +110,8 @@ def create_app(
                         await autoscaler
                 await manager.close()
                 await actuator.close()
-                await upstream.close()
+        finally:
+            await upstream.close()
 
     app = FastAPI(title="pdserve gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai_api.router)

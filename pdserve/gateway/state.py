@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from pdserve.gateway.auth import AuthConfig
 from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.proxy import Forwarder
@@ -21,5 +19,4 @@ class Gateway:
     counter: PromptCounter
     metrics: GatewayMetrics
     auth: AuthConfig
-    client: httpx.AsyncClient  # health and metrics probes
-    upstream: Upstream  # the request path
+    upstream: Upstream  # the request path and the workers' health and metrics probes

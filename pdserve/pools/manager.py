@@ -13,15 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import httpx
-
 from pdserve.actuators.base import Actuator
 from pdserve.policies.picking import pick, preferred_replica
 from pdserve.policies.types import RoutingSnapshot, ScaleDecision
 from pdserve.pools.hold import Overloaded
 from pdserve.pools.pool import Pool, drain_victims, wait_drained
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
-from pdserve.pools.scraper import probe_all
+from pdserve.pools.scraper import ProbeClient, probe_all
 from pdserve.pools.snapshot import PoolSnapshot
 from pdserve.pools.switch import ProfileSwitch
 from pdserve.pools.workerspec import worker_spec_key
@@ -45,7 +43,7 @@ class PoolManager:
         self,
         profile: Profile,
         actuator: Actuator,
-        client: httpx.AsyncClient,
+        client: ProbeClient,
         clock: Callable[[], float] = time.monotonic,
         on_startup: StartupObserver | None = None,
         on_decision: Callable[[ScaleDecision], None] | None = None,

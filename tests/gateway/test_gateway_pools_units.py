@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from pdserve.actuators.base import ReplicaHandle
@@ -185,10 +184,18 @@ class MemoryActuator:
         return None
 
 
-def _healthy_workers(request: httpx.Request) -> httpx.Response:
-    if request.url.path == "/health":
-        return httpx.Response(200)
-    return httpx.Response(200, text="vllm:num_requests_running 0\n")
+class Probes:
+    """The probes' HTTP client for replicas that exist only in MemoryActuator: every worker
+    answers 503 until `healthy`, then 200 and idle metrics (the real client is
+    tests/gateway/test_gateway_upstream.py's)."""
+
+    def __init__(self) -> None:
+        self.healthy = False
+
+    async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
+        if not self.healthy:
+            return 503, b""
+        return 200, b"vllm:num_requests_running 0\n" if url.endswith("/metrics") else b""
 
 
 async def test_manager_holds_until_ready_and_drains_on_scale_down() -> None:
@@ -196,58 +203,50 @@ async def test_manager_holds_until_ready_and_drains_on_scale_down() -> None:
     profile.gateway.queue_timeout_s = 5
     profile.pools["decode"].scaling.drain_timeout_s = 2
     actuator = MemoryActuator()
-    healthy = {"ok": False}
+    probes = Probes()
+    manager = PoolManager(profile, actuator, probes)
+    await manager.start()
+    try:
+        assert manager.snapshot("decode", 0.0).starting == 1
+        waiter = asyncio.create_task(manager.acquire("decode", prompt_tokens=7))
+        await asyncio.sleep(0.05)
+        assert manager.demand.is_set()
+        assert manager.snapshot("decode", 0.0).queued_requests == 1
+        probes.healthy = True
+        replica = await asyncio.wait_for(waiter, 5)
+        assert replica.inflight == 1
+        assert manager.snapshot("decode", 0.0).queued_prompt_tokens == 7
 
-    def transport(request: httpx.Request) -> httpx.Response:
-        return _healthy_workers(request) if healthy["ok"] else httpx.Response(503)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(transport)) as client:
-        manager = PoolManager(profile, actuator, client)
-        await manager.start()
-        try:
-            assert manager.snapshot("decode", 0.0).starting == 1
-            waiter = asyncio.create_task(manager.acquire("decode", prompt_tokens=7))
-            await asyncio.sleep(0.05)
-            assert manager.demand.is_set()
-            assert manager.snapshot("decode", 0.0).queued_requests == 1
-            healthy["ok"] = True
-            replica = await asyncio.wait_for(waiter, 5)
-            assert replica.inflight == 1
-            assert manager.snapshot("decode", 0.0).queued_prompt_tokens == 7
-
-            up = ScaleDecision("decode", 2, 1, "test: up")
-            manager.record_decision(up)
-            await manager.scale_to(up)
-            await manager.refresh()
-            assert manager.snapshot("decode", 0.0).ready == 2
-            # scale down: the idle replica is the victim, the busy one keeps serving
-            down = ScaleDecision("decode", 1, 2, "test: down")
-            manager.record_decision(down)
-            manager.record_decision(ScaleDecision("decode", 1, 1, "test: steady"))
-            await manager.scale_to(down)
-            assert [r.id for r in manager.pools["decode"].replicas.values()] == [replica.id]
-            assert actuator.calls[-1][2] != [replica.id]
-            pool = manager.pools["decode"]
-            assert [d.reason for d in pool.decisions] == ["test: up", "test: down"]  # changes
-            assert pool.last_decision is not None and pool.last_decision.reason == "test: steady"
-            manager.release(replica, 7)
-        finally:
-            await manager.close()
+        up = ScaleDecision("decode", 2, 1, "test: up")
+        manager.record_decision(up)
+        await manager.scale_to(up)
+        await manager.refresh()
+        assert manager.snapshot("decode", 0.0).ready == 2
+        # scale down: the idle replica is the victim, the busy one keeps serving
+        down = ScaleDecision("decode", 1, 2, "test: down")
+        manager.record_decision(down)
+        manager.record_decision(ScaleDecision("decode", 1, 1, "test: steady"))
+        await manager.scale_to(down)
+        assert [r.id for r in manager.pools["decode"].replicas.values()] == [replica.id]
+        assert actuator.calls[-1][2] != [replica.id]
+        pool = manager.pools["decode"]
+        assert [d.reason for d in pool.decisions] == ["test: up", "test: down"]  # changes
+        assert pool.last_decision is not None and pool.last_decision.reason == "test: steady"
+        manager.release(replica, 7)
+    finally:
+        await manager.close()
 
 
 async def test_manager_hold_times_out_as_no_replica() -> None:
     profile = _profile()
     profile.gateway.queue_timeout_s = 0.3
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(lambda r: httpx.Response(503))
-    ) as client:
-        manager = PoolManager(profile, MemoryActuator(), client)
-        await manager.start()
-        try:
-            with pytest.raises(NoReplica):
-                await manager.acquire("decode")
-        finally:
-            await manager.close()
+    manager = PoolManager(profile, MemoryActuator(), Probes())
+    await manager.start()
+    try:
+        with pytest.raises(NoReplica):
+            await manager.acquire("decode")
+    finally:
+        await manager.close()
 
 
 async def test_local_actuator_spreads_cores_across_pools() -> None:

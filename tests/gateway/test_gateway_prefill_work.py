@@ -3,10 +3,10 @@ prefills, and the routing snapshot built from both pools."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from pdserve.actuators.base import ReplicaHandle
+from pdserve.gateway.upstream import Upstream
 from pdserve.pools.manager import PoolManager
 from pdserve.pools.replica import Replica
 from pdserve.profile import Profile
@@ -45,7 +45,7 @@ def _ready(manager: PoolManager, pool: str, replica_id: str) -> Replica:
     return replica
 
 
-def _manager(profile: Profile, client: httpx.AsyncClient) -> PoolManager:
+def _manager(profile: Profile, client: Upstream) -> PoolManager:
     manager = PoolManager(profile, NoActuator(), client)
     for name in profile.pools:
         manager.pools[name] = manager.new_pool(profile, name)
@@ -55,7 +55,7 @@ def _manager(profile: Profile, client: httpx.AsyncClient) -> PoolManager:
 @pytest.mark.unit
 async def test_queueing_behind_another_prompt_does_not_read_as_a_slow_replica() -> None:
     profile = _profile()
-    async with httpx.AsyncClient() as client:
+    async with Upstream() as client:
         manager = _manager(profile, client)
         pool = manager.pools["prefill"]
         replica = _ready(manager, "prefill", "p1")
@@ -77,7 +77,7 @@ async def test_queueing_behind_another_prompt_does_not_read_as_a_slow_replica() 
 @pytest.mark.unit
 async def test_routing_snapshot_counts_the_decode_pools_own_prefills() -> None:
     profile = _profile()
-    async with httpx.AsyncClient() as client:
+    async with Upstream() as client:
         manager = _manager(profile, client)
         _ready(manager, "prefill", "p1")
         decode = [_ready(manager, "decode", f"d{i}") for i in range(2)]
@@ -122,7 +122,7 @@ async def test_local_prefills_are_counted_until_their_first_token_through_the_ap
 async def test_the_prefill_backlog_is_what_the_replica_has_not_done_yet() -> None:
     profile = _profile()  # prefill pool: 300 tok/s configured
     clock = {"now": 100.0}
-    async with httpx.AsyncClient() as client:
+    async with Upstream() as client:
         manager = PoolManager(profile, NoActuator(), client, clock=lambda: clock["now"])
         for name in profile.pools:
             manager.pools[name] = manager.new_pool(profile, name)

@@ -1,6 +1,7 @@
 """The gateway's HTTP/1.1 client to its workers, against real TCP servers on 127.0.0.1 whose
 behaviour each test scripts: keep-alive reuse, a connection the server dropped while idle, a
-refused connection, a timeout, a chunked stream and a stream cut short."""
+refused connection, a timeout, a chunked stream and a stream cut short; the workers' health and
+metrics probes over the same client."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from pdserve.actuators.base import ReplicaHandle
 from pdserve.gateway.upstream import Upstream, UpstreamError, chunks
+from pdserve.pools.replica import Replica
+from pdserve.pools.scraper import probe
 
 pytestmark = pytest.mark.unit
 
@@ -44,9 +48,12 @@ class Server:
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,  # a GET
         )
         body = await reader.readexactly(length)
         self.requests.append(head + body)
@@ -170,3 +177,46 @@ async def test_a_stream_cut_short_raises_and_a_released_stream_closes(upstream: 
         response = await upstream.open(server.url, {}, {}, TIMEOUT_S)
         response.release()
         await asyncio.wait_for(client_gone.wait(), TIMEOUT_S)
+
+
+METRICS = b"""# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 3.0
+vllm:num_requests_running{engine="0",model_name="tiny"} 2.0
+"""
+
+
+async def test_probes_read_health_and_metrics_on_one_connection(upstream: Upstream) -> None:
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            path = server.requests[-1].split(b" ", 2)[1]
+            writer.write(_answer(METRICS if path == b"/metrics" else b"{}"))
+
+    async with Server(worker) as server:
+        replica = Replica(handle=ReplicaHandle("d-1", "decode", server.url))
+        for _ in range(2):
+            assert await probe(upstream, replica) is True
+    assert (replica.healthy, replica.waiting, replica.running) == (True, 3, 2)
+    assert [r.split(b"\r\n", 1)[0] for r in server.requests[:2]] == [
+        b"GET /health HTTP/1.1",
+        b"GET /metrics HTTP/1.1",
+    ]
+    assert server.connections == 1  # four probes, one keep-alive connection
+
+
+async def test_a_worker_that_cannot_be_reached_or_answers_503_is_unhealthy(
+    upstream: Upstream,
+) -> None:
+    async def starting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    async with Server(starting) as server:
+        replica = Replica(handle=ReplicaHandle("d-1", "decode", server.url))
+        assert await probe(upstream, replica) is False
+        assert replica.healthy is False
+        url = server.url
+    gone = Replica(handle=ReplicaHandle("d-2", "decode", url))
+    gone.observe_health(True)
+    assert await probe(upstream, gone) is False  # refused: an UpstreamError, not a crash
+    assert gone.healthy is False
