@@ -22,11 +22,13 @@ from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.streaming import RelayResponse
 from pdserve.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, chunks
 from pdserve.policies.types import Route
-from pdserve.pools.manager import NoReplica, Overloaded, PoolManager
+from pdserve.pools.manager import NoReplica, Overloaded, PoolDropped, PoolManager
 from pdserve.pools.replica import Replica
 from pdserve.profile import Profile
 
 log = logging.getLogger(__name__)
+
+SWITCHES_FOLLOWED = 3  # profile switches a waiting request follows before it gives up (503)
 
 
 class RetryableFailure(Exception):
@@ -85,6 +87,8 @@ class Forwarder:
             )
         except Overloaded as exc:
             raise OpenAIError(429, str(exc), "pool_overloaded", retry_after_s=1) from None
+        except PoolDropped:
+            raise  # the caller re-plans under the active profile
         except NoReplica as exc:
             raise OpenAIError(503, str(exc), "no_replica", retry_after_s=5) from None
 
@@ -92,7 +96,11 @@ class Forwarder:
         """The prefill hop; the prefill response, or None to prefill locally instead."""
         pool = ex.profile.prefill_pool
         assert pool is not None
-        replica = await self.acquire(ex, pool, set())
+        try:
+            replica = await self.acquire(ex, pool, set())
+        except PoolDropped:  # a switch dropped the prefill pool while the request was held
+            ex.profile = self.manager.profile
+            return None
         started = self.clock()
         try:
             status, content = await self.upstream.post_json(
@@ -126,11 +134,10 @@ class Forwarder:
         return await self._decode(ex, body)
 
     async def _decode(self, ex: Exchange, body: dict[str, Any]) -> Response | RelayResponse:
-        pool = ex.profile.decode_pool
         tried: set[str] = set()
         last_error = "no attempt"
         for _attempt in range(ex.profile.gateway.retries + 1):
-            replica = await self.acquire(ex, pool, tried)
+            replica = await self._acquire_decode(ex, tried)
             tried.add(replica.id)
             try:
                 response = await self._send(ex, replica, body)
@@ -139,9 +146,19 @@ class Forwarder:
                 log.warning("decode on %s failed before the first token: %s", replica.id, exc)
                 continue
             if response.status_code == 200:
-                self.manager.record_prefix(pool, replica, ex.block_hashes)
+                self.manager.record_prefix(ex.profile.decode_pool, replica, ex.block_hashes)
             return response
         raise OpenAIError(503, f"every attempt failed: {last_error}", "replica_failed", None, 1)
+
+    async def _acquire_decode(self, ex: Exchange, tried: set[str]) -> Replica:
+        """A decode replica; if a live switch dropped the request's decode pool before the
+        request started, the active profile's decode pool serves it."""
+        for _ in range(SWITCHES_FOLLOWED):
+            try:
+                return await self.acquire(ex, ex.profile.decode_pool, tried)
+            except PoolDropped:
+                ex.profile = self.manager.profile
+        raise OpenAIError(503, "the serving profile keeps changing", "no_replica", retry_after_s=5)
 
     async def _send(
         self, ex: Exchange, replica: Replica, body: dict[str, Any]

@@ -35,7 +35,12 @@ class NoReplica(Exception):
     """No ready replica within the hold timeout (HTTP 503)."""
 
 
-__all__ = ["NoReplica", "Overloaded", "PoolManager"]
+class PoolDropped(NoReplica):
+    """A live switch dropped the pool before the request could start on it: the request should
+    follow the active profile instead (a 503 where nothing catches it)."""
+
+
+__all__ = ["NoReplica", "Overloaded", "PoolDropped", "PoolManager"]
 
 
 class PoolManager:
@@ -157,9 +162,12 @@ class PoolManager:
     ) -> Replica:
         """A ready replica of the pool (counted in flight), holding the request until one is.
 
-        Raises `Overloaded` when the hold queue is full and `NoReplica` after the hold timeout.
+        Raises `Overloaded` when the hold queue is full, `NoReplica` after the hold timeout and
+        `PoolDropped` when a live switch has dropped the pool.
         """
-        pool = self.pools[pool_name]
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            raise PoolDropped(f"pool {pool_name} is no longer part of the active profile")
         timeout_s = self.profile.gateway.queue_timeout_s
         deadline = self.clock() + timeout_s
         excluded = set(exclude)
@@ -171,6 +179,8 @@ class PoolManager:
                 replica.inflight += 1
                 replica.inflight_prompt_tokens += prompt_tokens
                 return replica
+            if pool.retiring:
+                raise PoolDropped(f"pool {pool_name} was dropped by a profile switch")
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise NoReplica(f"no ready replica in pool {pool_name} within {timeout_s:g} s")

@@ -6,6 +6,9 @@
    following the old profile (no 503 while a new pool starts).
 3. Then the new profile becomes active: new requests follow it, in-flight ones finish where
    they started, and old-generation replicas and dropped pools are drained, then stopped.
+   Requests still held for a dropped pool (none of its replicas was ready) are woken and
+   follow the new profile: a prefill hop becomes a local prefill, a decode moves to the new
+   profile's decode pool.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class ProfileSwitch:
             pool = manager.pools[name]
             if not pool.retiring:
                 pool.retiring = True
+                pool.queue.release_all()  # held requests follow the new profile instead
                 self._spawn(self._retire(pool, pool.members(), 0, drop=True))
         manager.profile = new
         self.pending = None

@@ -13,7 +13,7 @@ from pdserve.gateway.errors import OpenAIError
 from pdserve.gateway.requests import parse_body
 from pdserve.policies.types import ScaleDecision
 from pdserve.pools.hold import HoldQueue, Overloaded
-from pdserve.pools.manager import NoReplica, PoolManager
+from pdserve.pools.manager import NoReplica, PoolDropped, PoolManager
 from pdserve.pools.replica import Replica, ReplicaState, parse_worker_metrics, replica_state
 from pdserve.pools.workerspec import worker_spec_key
 from pdserve.profile import Profile
@@ -276,3 +276,10 @@ async def test_local_actuator_spreads_cores_across_pools() -> None:
     finally:
         await actuator.close()
     assert not actuator.pids()
+
+
+async def test_a_pool_the_profile_no_longer_has_is_dropped_not_a_crash() -> None:
+    manager = PoolManager(_profile(), MemoryActuator(), Probes())
+    with pytest.raises(PoolDropped):  # a 503 where the caller does not re-plan
+        await manager.acquire("prefill-of-an-older-profile")
+    assert issubclass(PoolDropped, NoReplica)

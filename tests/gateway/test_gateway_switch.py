@@ -130,3 +130,21 @@ async def test_switch_back_to_a_pool_that_is_still_draining() -> None:
         assert again.json()["choices"][0]["text"] == finished.json()["choices"][0]["text"]
         await until(lambda: set(manager.pools) == {"prefill", "decode"}, 30)
         await until(lambda: len(manager.actuator.pids()) == 2, 60)
+
+
+async def test_a_request_held_for_a_pool_the_switch_drops_follows_the_new_profile() -> None:
+    async with running_app("gw-held-prefill") as (app, client):
+        manager = app.state.gateway.manager
+        body = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 8}
+        held = asyncio.create_task(client.post("/v1/completions", json=body))
+        await until(lambda: manager.snapshot("prefill", 0).queued_requests == 1, 10)
+        started = asyncio.get_running_loop().time()
+        await _switch(client, "gw-switch-standard")  # drops the prefill pool
+        answer = await asyncio.wait_for(held, 30)  # well inside the 60 s hold timeout
+        assert answer.status_code == 200, answer.text
+        assert asyncio.get_running_loop().time() - started < 30
+        assert answer.headers["x-pdserve-route"] == "local"
+        assert answer.headers["x-pdserve-profile"] == "gw-switch-standard"
+        again = await client.post("/v1/completions", json=body)
+        assert again.json()["choices"][0]["text"] == answer.json()["choices"][0]["text"]
+        await until(lambda: set(manager.pools) == {"decode"}, 30)
