@@ -127,8 +127,11 @@ class WorkerProcess:
             return 0
         members = process_tree(self.pid)
         _signal_all(self.pid, members, signal.SIGTERM)
+        deadline = time.monotonic() + self.options.stop_grace_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), self.options.stop_grace_s)
+        # the server's children may still be on their way out (a loaded core runs them late)
+        await _wait_gone(members, timeout_s=max(0.0, deadline - time.monotonic()))
         leftovers = [pid for pid in members if _alive(pid)]
         _signal_all(self.pid, leftovers, signal.SIGKILL)
         await self.process.wait()
@@ -145,13 +148,13 @@ def _signal_all(leader: int, members: list[int], signum: int) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running or stopped: not gone, and not a zombie (dead, waiting for its parent to reap
+    it; an orphan's new parent may take its time)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _wait_gone(pids: list[int], timeout_s: float) -> None:

@@ -57,6 +57,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return f"{fields[:120]} | {cmdline.read()[:200]!r}"
+    except FileNotFoundError:
+        return "gone"
+
+
 def wait_for_line(log: Path, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -85,7 +95,8 @@ def test_signal_stops_the_whole_tree(signum: int, tmp_path: Path) -> None:
             assert os.sched_getaffinity(pid) == {core}
         runner.send_signal(signum)
         assert runner.wait(timeout=30) == 0
-        assert all(gone(pid) for pid in tree)
+        survivors = {pid: _describe(pid) for pid in tree if not gone(pid)}
+        assert survivors == {}
     finally:
         if runner.poll() is None:
             runner.kill()
