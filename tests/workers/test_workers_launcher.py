@@ -57,6 +57,25 @@ def gone(pid: int) -> bool:
         return True
 
 
+def killed(pid: int) -> bool:
+    """SIGKILL is pending for the process: it dies the next time it runs."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+    except FileNotFoundError:
+        return True
+    pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
+    return bool(pending & (1 << (signal.SIGKILL - 1)))
+
+
+def _running_on(core: int) -> str:
+    """Runnable threads bound to `core`, for a failure message."""
+    listing = subprocess.run(
+        ["ps", "-eLo", "pid,tid,ppid,sid,psr,ni,pcpu,stat,comm"], capture_output=True, text=True
+    ).stdout.splitlines()
+    return "\n".join(listing[:1] + [line for line in listing[1:] if " R" in line])
+
+
 def _describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -95,8 +114,10 @@ def test_signal_stops_the_whole_tree(signum: int, tmp_path: Path) -> None:
             assert os.sched_getaffinity(pid) == {core}
         runner.send_signal(signum)
         assert runner.wait(timeout=30) == 0
-        survivors = {pid: _describe(pid) for pid in tree if not gone(pid)}
-        assert survivors == {}
+        # Every member is dead, or killed and not yet run to its end: a SIGKILLed process on
+        # a busy core can wait its turn to exit after the launcher's bounded wait.
+        survivors = {pid: _describe(pid) for pid in tree if not gone(pid) and not killed(pid)}
+        assert survivors == {}, _running_on(core)
     finally:
         if runner.poll() is None:
             runner.kill()
