@@ -15,13 +15,15 @@ STARTUP_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "pdserve_requests",
-            "Completion requests by route and status",
-            ["route", "status"],
-            registry=r,
-        )
+        self._declare_pool_metrics(self.registry)
+        self._declare_request_metrics(self.registry)
+        # the request path's labelled children, kept: `labels()` takes a lock and builds its
+        # key on every call, several times per request
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._ttft: dict[str, Histogram] = {}
+        self._itl: dict[str, Histogram] = {}
+
+    def _declare_pool_metrics(self, r: CollectorRegistry) -> None:
         self.queue_depth = Gauge(
             "pdserve_pool_queue_depth", "Requests held for a pool", ["pool"], registry=r
         )
@@ -50,6 +52,14 @@ class GatewayMetrics:
             buckets=STARTUP_BUCKETS,
             registry=r,
         )
+
+    def _declare_request_metrics(self, r: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "pdserve_requests",
+            "Completion requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "pdserve_ttft_seconds",
             "Time to first token",
@@ -70,11 +80,6 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # the request path's labelled children, kept: `labels()` takes a lock and builds its
-        # key on every call, several times per request
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self._ttft: dict[str, Histogram] = {}
-        self._itl: dict[str, Histogram] = {}
 
     def count_request(self, route: str, status: int | str) -> None:
         """`pdserve_requests_total{route,status}` += 1."""

@@ -58,13 +58,13 @@ async def running_app(
             yield app, client
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM a `pdserve up` (it stops its workers), SIGKILL it if it has not exited in 60 s."""
+def stop_process(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM a `pdserve up` (it stops its workers), SIGKILL it if it has not exited in time."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(60)
+        process.wait(timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)

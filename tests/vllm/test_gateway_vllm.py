@@ -25,6 +25,7 @@ import pytest
 
 from pdserve import profile as profiles
 from pdserve.actuators.local import free_port, process_tree
+from tests.gateway.conftest import stop_process
 
 pytestmark = pytest.mark.vllm
 
@@ -92,12 +93,7 @@ def up(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         _wait_ready(instance)
         yield instance
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_process(process, timeout_s=120)  # real vLLM workers take a while to stop
 
 
 def _wait_ready(up: Up) -> None:
