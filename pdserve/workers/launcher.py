@@ -29,6 +29,7 @@ from pdserve.workers.vllm_command import WorkerCommand
 
 PIN_INTERVAL_STARTING_S = 0.5
 PIN_INTERVAL_READY_S = 2.0
+KILL_WAIT_S = 10.0  # after SIGKILL: the longest a stop waits for the tree to be gone
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,13 @@ class WorkerProcess:
         await _wait_gone(members, timeout_s=max(0.0, deadline - time.monotonic()))
         leftovers = [pid for pid in members if _alive(pid)]
         _signal_all(self.pid, leftovers, signal.SIGKILL)
-        await self.process.wait()
-        await _wait_gone(leftovers, timeout_s=10.0)
-        return self.process.returncode or 0
+        with contextlib.suppress(TimeoutError):  # a stop must end, even if the kernel is slow
+            await asyncio.wait_for(self.process.wait(), KILL_WAIT_S)
+        await _wait_gone(leftovers, timeout_s=KILL_WAIT_S)
+        if self.process.returncode is None:
+            print(f"server {self.pid} not reaped {KILL_WAIT_S:g} s after SIGKILL", flush=True)
+            return -int(signal.SIGKILL)
+        return self.process.returncode
 
 
 def _signal_all(leader: int, members: list[int], signum: int) -> None:
