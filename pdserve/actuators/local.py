@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from pdserve.actuators.base import ReplicaHandle
+from pdserve.actuators.base import LaunchingActuator, ReplicaHandle
 from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
+from pdserve.processes import KILL_WAIT_S, astop_tree, free_port
 from pdserve.profile import Profile
 
 PR_SET_PDEATHSIG = 1
@@ -37,17 +37,19 @@ STOP_TIMEOUT_S = 45.0
 """A worker forwards SIGTERM to its server and waits up to ~30 s for it before giving up."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class LocalReplica:
     handle: ReplicaHandle
     process: asyncio.subprocess.Process
     core: int | None
+
+    @property
+    def id(self) -> str:
+        return self.handle.id
+
+    @property
+    def started_at(self) -> float:
+        return self.handle.started_at
 
 
 def worker_command(
@@ -60,7 +62,7 @@ def worker_command(
     return command
 
 
-class LocalActuator:
+class LocalActuator(LaunchingActuator[LocalReplica]):
     def __init__(
         self,
         profile: Callable[[], Profile],
@@ -68,13 +70,12 @@ class LocalActuator:
         stop_timeout_s: float = STOP_TIMEOUT_S,
         log_dir: Path | None = None,
     ) -> None:
-        self._profile = profile
+        super().__init__(profile)
         self._host = host
         self._stop_timeout_s = stop_timeout_s
         self._workdir = tempfile.TemporaryDirectory(prefix="pdserve-local-")
         self._log_dir = log_dir or Path(self._workdir.name)  # kept after close when given
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        self._replicas: dict[str, dict[str, LocalReplica]] = {}
         self._ids = itertools.count(1)
 
     async def replicas(self, pool: str) -> list[ReplicaHandle]:
@@ -88,20 +89,8 @@ class LocalActuator:
         h = replica.handle
         return ReplicaHandle(h.id, h.pool, h.url, alive, h.started_at, h.labels)
 
-    async def scale(self, pool: str, desired: int, victims: list[str]) -> None:
-        members = self._replicas.setdefault(pool, {})
-        await asyncio.gather(*(self._stop(members.pop(v)) for v in victims if v in members))
-        while len(members) > desired:
-            newest = max(members.values(), key=lambda r: r.handle.started_at)
-            await self._stop(members.pop(newest.handle.id))
-        while len(members) < desired:
-            replica = await self._launch(pool)
-            members[replica.handle.id] = replica
-
     async def close(self) -> None:
-        everything = [r for members in self._replicas.values() for r in members.values()]
-        self._replicas.clear()
-        await asyncio.gather(*(self._stop(r) for r in everything))
+        await self.stop_all()
         self._workdir.cleanup()
 
     def pids(self) -> list[int]:
@@ -166,21 +155,11 @@ class LocalActuator:
         return LocalReplica(handle, process, core)
 
     async def _stop(self, replica: LocalReplica) -> None:
-        """SIGTERM the worker's group, SIGKILL the group and every descendant after the bound
-        (a worker may start its server in a session of its own)."""
-        process = replica.process
-        descendants = process_tree(process.pid)
-        if process.returncode is None:
-            _signal_group(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), self._stop_timeout_s)
-            except TimeoutError:
-                _signal_group(process.pid, signal.SIGKILL)
-                await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)
-        for pid in descendants:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        """Stop the worker's tree: its group and every descendant (a worker's server has a
+        group of its own and may start helpers in sessions of their own)."""
+        await astop_tree(replica.process.pid, self._stop_timeout_s)
+        with contextlib.suppress(TimeoutError):  # gone now: asyncio reaps it
+            await asyncio.wait_for(replica.process.wait(), KILL_WAIT_S)
 
 
 def own_group_dying_with_parent() -> None:
@@ -191,28 +170,3 @@ def own_group_dying_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def process_tree(root: int) -> list[int]:
-    """Every descendant of `root` alive now (from /proc; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    tree, frontier = [], list(children.get(root, []))
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, []))
-    return tree

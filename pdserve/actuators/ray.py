@@ -5,7 +5,11 @@ A pool asks Ray for its accelerator through Ray's accelerator-type resources: a 
 `accelerator: nvidia-a100-80gb` and `tensor_parallel_size: 2` becomes an actor with
 `num_gpus=2, accelerator_type="A100"`, i.e. the custom resource `accelerator_type:A100` that Ray
 puts on A100 nodes, so it lands on an A100 node and nowhere else; a CPU pool asks for
-`num_cpus` only. An actor that cannot be placed yet (no such node, or the cluster is growing)
+`num_cpus` only. With `actuator.ray.accelerator_as: resource` the actor asks instead for the
+custom resource named by the type (`{"A100": 2}`), which nodes declare themselves (`ray start
+--resources '{"A100": 8}'`): CPU nodes standing in for GPU ones (simulated workers), or clusters
+that name their accelerators so. Each replica reports the Ray node it landed on (label
+`pdserve.io/ray-node`). An actor that cannot be placed yet (no such node, or the cluster is growing)
 is counted by `scale` but not listed by `replicas` until it reports its URL.
 
 Stopping a replica asks its actor to stop the worker's process group (SIGTERM, then SIGKILL
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import signal
 import subprocess
 import tempfile
@@ -31,31 +34,33 @@ from typing import Any
 import ray
 import yaml
 
-from pdserve.actuators.base import ReplicaHandle
-from pdserve.actuators.local import free_port, worker_command
+from pdserve import accelerators
+from pdserve.actuators.base import LaunchingActuator, ReplicaHandle
+from pdserve.actuators.local import worker_command
 from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
+from pdserve.processes import KILL_WAIT_S, free_port, stop_tree
 from pdserve.profile import PoolSpec, Profile, RayActuatorSpec
 
 STOP_TIMEOUT_S = 10.0
 ACTOR_LABEL = "pdserve.io/ray-actor"
+NODE_LABEL = "pdserve.io/ray-node"
 
 
 def ray_accelerator_type(accelerator: str) -> str | None:
-    """Ray's accelerator type for a pool's accelerator: `nvidia-a100-80gb` -> `A100`,
-    `nvidia-l4` -> `L4`, `cpu` -> None; any other name is taken as Ray's own (e.g. `TPU-V4`)."""
-    name = accelerator.strip()
-    if name.lower() == "cpu":
-        return None
-    if name.lower().startswith("nvidia-"):
-        return name.split("-")[1].upper()
-    return name
+    """Ray's accelerator type for a pool's accelerator, from the registry: `nvidia-a100-80gb`
+    -> `A100`, `nvidia-l4` -> `L4`, `cpu` -> None (CPUs only)."""
+    return accelerators.get(accelerator).ray_type
 
 
 def actor_options(pool: PoolSpec, ray_spec: RayActuatorSpec) -> dict[str, Any]:
     """The `.options(...)` of one replica's actor: CPUs, GPUs and accelerator type."""
     options: dict[str, Any] = {"num_cpus": ray_spec.num_cpus_per_replica}
     accelerator_type = ray_accelerator_type(pool.accelerator)
-    if accelerator_type is not None:
+    if accelerator_type is None:
+        return options
+    if ray_spec.accelerator_as == "resource":
+        options["resources"] = {accelerator_type: pool.tensor_parallel_size}
+    else:
         options["num_gpus"] = pool.tensor_parallel_size
         options["accelerator_type"] = accelerator_type
     return options
@@ -79,12 +84,14 @@ class WorkerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,  # one group to stop; the actor's session (see actuators.local)
             )
         self._url = f"http://{bind}:{port}"
 
-    def url(self) -> str:
-        return self._url
+    def placement(self) -> tuple[str, str, str]:
+        """The URL it serves on, this actor's id and its node's (hex), once Ray placed it."""
+        context = ray.get_runtime_context()
+        return self._url, str(context.get_actor_id()), str(context.get_node_id())
 
     def pid(self) -> int:
         return self._process.pid
@@ -96,15 +103,9 @@ class WorkerProcess:
         return self._log.read_text(errors="replace")[-chars:]
 
     def stop(self, timeout_s: float) -> int | None:
-        if self._process.poll() is None:
-            _signal_group(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-        _signal_group(self._process.pid, signal.SIGKILL)  # anything left in its group
-        return self._process.returncode
+        code = stop_tree(self._process.pid, timeout_s)
+        returncode = self._process.poll()  # reaps it: the tree is gone or the wait ran out
+        return code if returncode is None else returncode
 
 
 @contextlib.contextmanager
@@ -123,13 +124,9 @@ def _keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-async def _resolve_url(actor: Any) -> str:
-    return str(await actor.url.remote())
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+async def _placement(actor: Any) -> tuple[str, str, str]:
+    url, actor_id, node_id = await actor.placement.remote()
+    return str(url), str(actor_id), str(node_id)
 
 
 @dataclass
@@ -137,12 +134,12 @@ class RayReplica:
     id: str
     pool: str
     actor: Any  # ray.actor.ActorHandle of WorkerProcess
-    url: asyncio.Task[str]  # resolves once Ray has placed the actor and the worker started
+    placed: asyncio.Task[tuple[str, str, str]]  # URL, actor and node ids, once placed
     started_at: float
     labels: dict[str, str]
 
 
-class RayActuator:
+class RayActuator(LaunchingActuator[RayReplica]):
     def __init__(
         self,
         profile: Callable[[], Profile],
@@ -152,12 +149,11 @@ class RayActuator:
     ) -> None:
         """`host` is where workers bind; unset: 127.0.0.1 when Ray runs on this machine (no
         `actuator.ray.address`), else each actor's node IP, so the gateway can reach them."""
-        self._profile = profile
+        super().__init__(profile)
         self._host = host
         self._stop_timeout_s = stop_timeout_s
         self._clock = clock
         self._owns_ray = False
-        self._replicas: dict[str, dict[str, RayReplica]] = {}
         self._ids = itertools.count(1)
 
     def _ensure_ray(self) -> None:
@@ -171,47 +167,38 @@ class RayActuator:
     async def replicas(self, pool: str) -> list[ReplicaHandle]:
         handles = []
         for replica in list(self._replicas.get(pool, {}).values()):
-            if not replica.url.done() or replica.url.cancelled():
+            if not replica.placed.done() or replica.placed.cancelled():
                 continue  # not placed yet
-            if replica.url.exception() is not None:
+            if replica.placed.exception() is not None:
                 handles.append(self._handle(replica, "", alive=False))
                 continue
-            handles.append(self._handle(replica, replica.url.result(), await self._alive(replica)))
+            url, actor_id, node_id = replica.placed.result()
+            alive = await self._alive(replica)
+            labels = {ACTOR_LABEL: actor_id, NODE_LABEL: node_id}
+            handles.append(self._handle(replica, url, alive, labels))
         return handles
 
-    async def scale(self, pool: str, desired: int, victims: list[str]) -> None:
-        members = self._replicas.setdefault(pool, {})
-        await asyncio.gather(*(self._stop(members.pop(v)) for v in victims if v in members))
-        while len(members) > desired:
-            newest = max(members.values(), key=lambda r: r.started_at)
-            await self._stop(members.pop(newest.id))
-        while len(members) < desired:
-            replica = await self._launch(pool)
-            members[replica.id] = replica
-
     async def close(self) -> None:
-        everything = [r for members in self._replicas.values() for r in members.values()]
-        self._replicas.clear()
-        await asyncio.gather(*(self._stop(r) for r in everything))
+        await self.stop_all()
         if self._owns_ray:
             await asyncio.to_thread(ray.shutdown)
             self._owns_ray = False
 
     def pending(self, pool: str) -> int:
         """Replicas asked for whose actor Ray has not placed (or started) yet."""
-        return sum(not r.url.done() for r in self._replicas.get(pool, {}).values())
+        return sum(not r.placed.done() for r in self._replicas.get(pool, {}).values())
 
     async def pids(self) -> list[int]:
         """Worker process ids of the placed replicas (on their nodes)."""
-        placed = [r for m in self._replicas.values() for r in m.values() if r.url.done()]
+        placed = [r for m in self._replicas.values() for r in m.values() if r.placed.done()]
         return list(await asyncio.gather(*(r.actor.pid.remote() for r in placed)))
 
     async def _launch(self, pool: str) -> RayReplica:
         self._ensure_ray()  # once, on the loop's thread: ray.init installs signal handlers
         actor, labels = await asyncio.to_thread(self._create_actor, pool)
         replica_id = f"{pool}-ray-{next(self._ids)}"
-        url = asyncio.create_task(_resolve_url(actor), name=f"pdserve-ray-url-{replica_id}")
-        return RayReplica(replica_id, pool, actor, url, self._clock(), labels)
+        placed = asyncio.create_task(_placement(actor), name=f"pdserve-ray-url-{replica_id}")
+        return RayReplica(replica_id, pool, actor, placed, self._clock(), labels)
 
     def _create_actor(self, pool: str) -> tuple[Any, dict[str, str]]:
         profile = self._profile()
@@ -222,8 +209,7 @@ class RayActuator:
             .options(max_restarts=0, **options)
             .remote(text, pool, self._bind_host(profile))
         )
-        labels = {SPEC_LABEL: worker_spec_key(profile, pool), ACTOR_LABEL: actor._actor_id.hex()}
-        return actor, labels
+        return actor, {SPEC_LABEL: worker_spec_key(profile, pool)}
 
     def _bind_host(self, profile: Profile) -> str | None:
         if self._host is not None:
@@ -237,15 +223,16 @@ class RayActuator:
             return False
 
     async def _stop(self, replica: RayReplica) -> None:
-        placed = replica.url.done()
-        replica.url.cancel()
+        placed = replica.placed.done()
+        replica.placed.cancel()
         # an actor still waiting for a node gets a short bound: it may be placed right now
-        bound = self._stop_timeout_s + 5 if placed else 1.0
+        bound = self._stop_timeout_s + KILL_WAIT_S + 5 if placed else 1.0
         with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
             await asyncio.wait_for(replica.actor.stop.remote(self._stop_timeout_s), bound)
         ray.kill(replica.actor, no_restart=True)
 
-    def _handle(self, replica: RayReplica, url: str, alive: bool) -> ReplicaHandle:
-        return ReplicaHandle(
-            replica.id, replica.pool, url, alive, replica.started_at, dict(replica.labels)
-        )
+    def _handle(
+        self, replica: RayReplica, url: str, alive: bool, labels: dict[str, str] | None = None
+    ) -> ReplicaHandle:
+        labels = {**replica.labels, **(labels or {})}
+        return ReplicaHandle(replica.id, replica.pool, url, alive, replica.started_at, labels)

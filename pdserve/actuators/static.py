@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pdserve.actuators.base import ReplicaHandle
+from pdserve.actuators.base import ProfileFollower, ReplicaHandle
 from pdserve.profile import Profile
 
 log = logging.getLogger(__name__)
 
 
-class StaticActuator:
+class StaticActuator(ProfileFollower):
+    scales = False  # it cannot start a replica: a pool whose workers are all down is broken
+
     def __init__(self, profile: Callable[[], Profile]) -> None:
-        self._profile = profile
+        super().__init__(profile)
 
     async def replicas(self, pool: str) -> list[ReplicaHandle]:
         urls = self._profile().actuator.static.endpoints.get(pool, [])

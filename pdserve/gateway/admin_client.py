@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from pdserve import profile as profiles
 
 SWITCH_WAIT_S = 600.0
 
@@ -20,7 +23,7 @@ def switch_profile(
     base = url.rstrip("/")
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-            answer = client.put("/admin/profile", json={"name": name})
+            answer = client.put("/admin/profile", json=switch_body(name))
             if answer.status_code not in (200, 202):
                 print(f"error: {answer.status_code}: {_message(answer)}", file=sys.stderr)
                 return 1
@@ -30,6 +33,15 @@ def switch_profile(
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {base}: {exc}", file=sys.stderr)
         return 1
+
+
+def switch_body(name_or_path: str) -> dict[str, Any]:
+    """The admin API takes a profile by name (one in the gateway's profiles directory) or
+    whole: a path is read here, on the caller's machine, and sent inline."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return {"profile": profiles.load(name_or_path).model_dump(mode="json")}
+    return {"name": name_or_path}
 
 
 def _wait_active(client: httpx.Client, target: str, wait_s: float) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,51 +17,57 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdserve.actuators.base import Actuator
-from pdserve.gateway import admin, openai_api
+from pdserve.actuators.local import LocalActuator
+from pdserve.actuators.static import StaticActuator
+from pdserve.gateway import admin, openai_api, openapi
 from pdserve.gateway.auth import AuthConfig
 from pdserve.gateway.errors import ERROR_TYPES, error_body
 from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.middleware import BodySizeLimit
 from pdserve.gateway.proxy import Forwarder
+from pdserve.gateway.request_log import RequestLog
+from pdserve.gateway.rollouts import Rollouts
 from pdserve.gateway.state import Gateway
+from pdserve.gateway.telemetry import Telemetry
 from pdserve.gateway.tokens import PromptCounter
+from pdserve.gateway.tracing import Tracing
 from pdserve.gateway.upstream import Upstream
+from pdserve.pools.autoscaler import Autoscaler
 from pdserve.pools.manager import PoolManager
-from pdserve.profile import ActuatorKind, Profile
+from pdserve.pools.peers import PeerGateways
+from pdserve.profile import ActuatorKind, Profile, Role
 
 log = logging.getLogger(__name__)
 
-ActuatorFactory = Callable[[Callable[[], Profile]], Actuator]
+ActuatorFactory = Callable[[Profile], Actuator]
 
 
-def build_actuator(
-    profile: Profile, current: Callable[[], Profile], env: Mapping[str, str]
-) -> Actuator:
+@runtime_checkable
+class FollowsProfile(Protocol):
+    """An actuator that reads the profile when it launches (local, static, Ray): it is built
+    with the starting profile, then follows the pool manager's launch profile (the pending one
+    during a switch)."""
+
+    def follow(self, profile: Callable[[], Profile]) -> None: ...
+
+
+def build_actuator(profile: Profile, env: Mapping[str, str]) -> Actuator:
+    """The profile's actuator; Ray and Kubernetes are imported only when a profile names them."""
     kind = profile.actuator.kind
     if kind is ActuatorKind.local:
-        from pdserve.actuators.local import LocalActuator
-
         log_dir = env.get("PDSERVE_LOG_DIR")
-        return LocalActuator(current, host="127.0.0.1", log_dir=Path(log_dir) if log_dir else None)
+        return LocalActuator(
+            lambda: profile, host="127.0.0.1", log_dir=Path(log_dir) if log_dir else None
+        )
     if kind is ActuatorKind.static:
-        from pdserve.actuators.static import StaticActuator
-
-        return StaticActuator(current)
+        return StaticActuator(lambda: profile)
     if kind is ActuatorKind.ray:
         from pdserve.actuators.ray import RayActuator
 
-        return RayActuator(current)
+        return RayActuator(lambda: profile)
     from pdserve.actuators.kubernetes import KubernetesActuator
 
     return KubernetesActuator(profile.actuator.kubernetes)
-
-
-def start_autoscaler(manager: PoolManager) -> asyncio.Task[None] | None:
-    try:
-        from pdserve.autoscaler import Autoscaler
-    except ImportError:
-        return None
-    return asyncio.create_task(Autoscaler(manager, lambda: manager.profile).run())
 
 
 def create_app(
@@ -69,57 +75,170 @@ def create_app(
     actuator_factory: ActuatorFactory | None = None,
     env: Mapping[str, str] | None = None,
     autoscale: bool = True,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     environment = os.environ if env is None else env
-    auth = AuthConfig.from_env(environment)
+    auth = AuthConfig.from_env(environment, profile.gateway.host)
+    build = actuator_factory or functools.partial(build_actuator, env=environment)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upstream = Upstream()
-        await upstream.start()
-        try:
-            metrics = GatewayMetrics()
-            holder: list[PoolManager] = []
-
-            def current() -> Profile:
-                return holder[0].launch_profile if holder else profile
-
-            if actuator_factory is not None:
-                actuator = actuator_factory(current)
-            else:
-                actuator = build_actuator(profile, current, environment)
-            manager = PoolManager(
-                profile,
-                actuator,
-                upstream,
-                on_startup=metrics.observe_startup,
-                on_decision=metrics.observe_decision,
-            )
-            holder.append(manager)
-            counter = await asyncio.to_thread(PromptCounter.for_model, profile.model)
-            forwarder = Forwarder(manager, upstream, metrics)
-            app.state.gateway = Gateway(manager, forwarder, counter, metrics, auth, upstream)
-            await manager.start()
-            autoscaler = start_autoscaler(manager) if autoscale else None
-            try:
-                yield
-            finally:
-                if autoscaler is not None:
-                    autoscaler.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await autoscaler
-                await manager.close()
-                await actuator.close()
-        finally:
-            await upstream.close()
+        worker_key = environment.get("PDSERVE_WORKER_API_KEY") or None
+        actuator = build(profile)
+        traces = tracing or Tracing.configured(profile.gateway.otlp_traces_endpoint, environment)
+        running = running_gateway(profile, actuator, auth, autoscale, worker_key, traces)
+        async with running as gateway:
+            app.state.gateway = gateway
+            yield
 
     app = FastAPI(title="pdserve gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai_api.router)
     app.include_router(admin.router)
     _add_probes(app)
     _add_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=profile.gateway.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=profile.gateway.max_body_bytes,
+        body_timeout_s=profile.gateway.body_timeout_s,
+    )
+    openapi.install(app)
     return app
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    profile: Profile,
+    actuator: Actuator,
+    auth: AuthConfig,
+    autoscale: bool,
+    worker_api_key: str | None = None,
+    tracing: Tracing | None = None,
+) -> AsyncIterator[Gateway]:
+    """Every object a gateway runs on, built in order and closed in reverse: the autoscaler,
+    the manager, the actuator (which stops what it launched), then the worker client."""
+    async with contextlib.AsyncExitStack() as stack:
+        # the workers' key (vLLM's --api-key), sent on every call to them
+        upstream = await stack.enter_async_context(Upstream(api_key=worker_api_key))
+        stack.push_async_callback(actuator.close)
+        metrics = GatewayMetrics()
+        traces = tracing or Tracing(None)
+        stack.callback(traces.close)  # last: spans of requests ended during shutdown go out
+        telemetry = Telemetry(metrics, traces, RequestLog(profile.gateway.log_format))
+        counter = await asyncio.to_thread(PromptCounter.for_model, profile.model)
+        manager = await _started_manager(stack, profile, actuator, upstream, metrics, autoscale)
+        rollouts = Rollouts(lambda: manager.profile)
+        telemetry.finished.append(rollouts.finished)
+        await stack.enter_async_context(background(rollouts.run_schedule()))
+        gateway = Gateway(
+            manager,
+            Forwarder(manager, upstream, metrics, telemetry=telemetry),
+            counter,
+            metrics,
+            auth,
+            upstream,
+            rollouts,
+        )
+        gateway.counters.add(profile.model, counter)  # further models' load on first use
+        yield gateway
+
+
+async def _started_manager(
+    stack: contextlib.AsyncExitStack,
+    profile: Profile,
+    actuator: Actuator,
+    upstream: Upstream,
+    metrics: GatewayMetrics,
+    autoscale: bool,
+) -> PoolManager:
+    """The pool manager over the actuator, started, with the autoscaler loop when `autoscale`;
+    `stack` closes both."""
+    manager = PoolManager(
+        profile,
+        actuator,
+        upstream,
+        on_startup=metrics.observe_startup,
+        on_decision=metrics.observe_decision,
+    )
+    if isinstance(actuator, FollowsProfile):
+        actuator.follow(lambda: manager.launch_profile)
+    metrics.export_pools(manager)
+    stack.push_async_callback(manager.close)
+    await manager.start()
+    if autoscale:
+        await stack.enter_async_context(autoscaling(manager, actuator))
+    return manager
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """One of several gateways, elected (the Kubernetes actuator's Lease)."""
+
+    leading: bool
+
+    async def wait(self, leading: bool) -> None: ...
+
+
+@runtime_checkable
+class ElectsLeader(Protocol):
+    def leadership(self) -> contextlib.AbstractAsyncContextManager[Leadership | None]: ...
+
+
+async def autoscale_while_leading(
+    manager: PoolManager, leader: Leadership, peers: PeerGateways | None = None
+) -> None:
+    """The autoscaler runs only while this gateway leads; a follower only proxies. The leader
+    also polls the demand its peers hold, which its autoscaler counts (pools.peers)."""
+    while True:
+        await leader.wait(True)
+        tasks = [asyncio.create_task(Autoscaler(manager, lambda: manager.profile).run())]
+        if peers is not None:
+            token = os.environ.get("PDSERVE_ADMIN_TOKEN") or None
+            tasks.append(asyncio.create_task(manager.peer_poller(peers, token).run()))
+        try:
+            await leader.wait(False)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def autoscaling(
+    manager: PoolManager, actuator: Actuator | None = None
+) -> AsyncIterator[None]:
+    """The autoscaler loop over the manager's pools while the context is open (while leading,
+    when the actuator elects one gateway of several)."""
+    async with contextlib.AsyncExitStack() as stack:
+        leader = None
+        if isinstance(actuator, ElectsLeader):
+            leader = await stack.enter_async_context(actuator.leadership())
+        peers = actuator if isinstance(actuator, PeerGateways) else None
+        await stack.enter_async_context(_autoscaler_task(manager, leader, peers))
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _autoscaler_task(
+    manager: PoolManager, leader: Leadership | None, peers: PeerGateways | None = None
+) -> AsyncIterator[None]:
+    if leader is None:
+        work = Autoscaler(manager, lambda: manager.profile).run()
+    else:
+        work = autoscale_while_leading(manager, leader, peers)
+    async with background(work):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`work` runs as a task while the context is open, cancelled when it closes."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _add_probes(app: FastAPI) -> None:
@@ -131,15 +250,16 @@ def _add_probes(app: FastAPI) -> None:
     async def ready(request: Request) -> Response:
         manager = openai_api.gateway_of(request).manager
         serving = {name: manager.ready_count(name) for name in manager.profile.pools}
-        decode = manager.profile.decode_pool
-        status = 200 if serving.get(decode, 0) > 0 else 503
+        decode = [manager.profile.pool_for(Role.decode, m) for m in manager.profile.served_models()]
+        status = 200 if all(serving.get(d or "", 0) > 0 for d in decode) else 503
         return JSONResponse({"ready": status == 200, "pools": serving}, status_code=status)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        gw = openai_api.gateway_of(request)
-        text = gw.metrics.render(gw.manager, time.monotonic())
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            openai_api.gateway_of(request).metrics.render(),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

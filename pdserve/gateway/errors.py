@@ -6,17 +6,37 @@ import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway itself answers, in OpenAI's shape (the OpenAPI schema's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail = Field(description="What went wrong, as OpenAI reports it.")
 
 
 class OpenAIError(Exception):
@@ -54,3 +74,28 @@ def sse_error_event(message: str, code: str = "replica_failed") -> bytes:
     """The SSE event that ends a stream whose worker failed after the first token."""
     payload = error_body(message, "server_error", None, code)
     return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def carries_error_event(chunk: bytes) -> bool:
+    """Whether a relayed SSE chunk holds an error event (`data: {"error": ...}`): how vLLM
+    ends a stream it cannot finish (its engine died, a KV load failed under policy `fail`)."""
+    return b'data: {"error"' in chunk
+
+
+def worker_error(status: int, content: bytes) -> bytes:
+    """A worker's error answer in OpenAI's shape: vLLM writes `code` as the HTTP status (an
+    integer) and `type` as its exception's name; the message and param are kept."""
+    try:
+        detail = json.loads(content).get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    if not isinstance(detail, dict):
+        detail = {"message": content.decode("utf-8", "replace")[:2000] or f"worker: {status}"}
+    code, param = detail.get("code"), detail.get("param")
+    body = error_body(
+        str(detail.get("message", "")),
+        ERROR_TYPES.get(status, "server_error"),
+        param if isinstance(param, str) else None,
+        None if code is None or isinstance(code, int) else str(code),
+    )
+    return json.dumps(body).encode()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,14 +14,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve import disagg
+from pdserve.gateway import model_routing
 from pdserve.gateway.auth import PRIORITY_HEADER, client_priority
+from pdserve.gateway.client_watch import ClientWatch
 from pdserve.gateway.errors import OpenAIError, error_response
 from pdserve.gateway.proxy import Exchange
 from pdserve.gateway.requests import max_new_tokens, parse_body
 from pdserve.gateway.state import Gateway
-from pdserve.policies.routing import decide_route
-from pdserve.policies.types import RoutingSnapshot
-from pdserve.pools.manager import PoolManager
 from pdserve.pools.prefix import block_hashes
 from pdserve.profile import Profile
 
@@ -33,10 +32,6 @@ router = APIRouter()
 def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
-
-
-def routing_snapshot(manager: PoolManager, profile: Profile, now: float) -> RoutingSnapshot:
-    return manager.routing_snapshot(profile, now)
 
 
 def affinity_key(body: dict[str, Any]) -> str:
@@ -60,7 +55,50 @@ def check_length(profile: Profile, body: dict[str, Any], prompt_tokens: int) -> 
         )
 
 
-REQUEST_HEADERS = frozenset((b"authorization", PRIORITY_HEADER.encode(), b"x-request-id"))
+DEADLINE_HEADER = "x-pdserve-deadline-s"
+REQUEST_HEADERS = frozenset(
+    (
+        b"authorization",
+        PRIORITY_HEADER.encode(),
+        DEADLINE_HEADER.encode(),
+        b"x-request-id",
+        b"traceparent",
+    )
+)
+
+
+def deadline_of(header: str | None) -> float | None:
+    """`x-pdserve-deadline-s`: seconds the client will wait for its request to start."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise OpenAIError(400, f"{DEADLINE_HEADER} must be a positive number", "invalid_value")
+    return seconds
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def request_id_of(header: str | None) -> str:
+    """The client's `x-request-id` when it is a plain token, else a fresh one: the id goes
+    into worker requests, response headers and logs, so nothing else a client sends does."""
+    if header is not None and REQUEST_ID.fullmatch(header):
+        return header
+    return secrets.token_hex(16)
+
+
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def traceparent_of(header: str | None) -> str | None:
+    """A W3C `traceparent` that is well formed, to pass on to the workers; else none."""
+    if header is not None and TRACEPARENT.fullmatch(header.strip()):
+        return header.strip()
+    return None
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -88,33 +126,37 @@ async def read_body(receive: Receive) -> bytes:
 
 
 async def exchange_for(gw: Gateway, scope: Scope, raw_body: bytes, chat: bool) -> Exchange:
-    """Authenticate, validate, count and route one request (raises `OpenAIError`)."""
+    """Authenticate, validate and count one request (raises `OpenAIError`); its route is
+    chosen when it can start (`Forwarder.place`)."""
     headers = request_headers(scope)
     priority = client_priority(gw.auth, headers.get("authorization"), headers.get(PRIORITY_HEADER))
+    deadline_s = deadline_of(headers.get(DEADLINE_HEADER))
     body = disagg.strip_client_kv_params(parse_body(raw_body, chat))
-    profile = gw.manager.profile
-    if body["model"] != profile.model.name:
-        raise OpenAIError(
-            404, f"The model `{body['model']}` does not exist.", "model_not_found", "model"
-        )
-    prompt_tokens, token_ids = await gw.counter.encode(body)
+    pick = gw.rollouts.pick(body, scope["headers"])
+    if pick is not None:  # a rolled-out name: the chosen version's workers serve their own name
+        body = {**body, "model": pick.served}
+    target = model_routing.resolve(gw.manager.profile, body["model"])
+    profile = target.profile  # the model's own pools and routing
+    prompt_tokens, token_ids = await (await gw.counters.of(target.model)).encode(body)
     check_length(profile, body, prompt_tokens)
     key = affinity_key(body)
     decode = profile.decode_pool
     hashes = block_hashes(token_ids, gw.manager.block_size(decode))
     cached = gw.manager.expected_cached_tokens(decode, key, hashes)
-    snapshot = routing_snapshot(gw.manager, profile, time.monotonic())
-    decision = decide_route(profile, prompt_tokens - cached, snapshot)
     return Exchange(
         path=scope["path"],
         body=body,
-        request_id=headers.get("x-request-id") or secrets.token_hex(16),
+        request_id=request_id_of(headers.get("x-request-id")),
         profile=profile,
-        route=decision.route,
+        route="local",  # until placed
         prompt_tokens=prompt_tokens,
+        uncached_tokens=prompt_tokens - cached,
+        deadline_s=deadline_s,
         priority=priority,
         affinity_key=key,
         block_hashes=hashes,
+        traceparent=traceparent_of(headers.get("traceparent")),
+        rollout=pick,
     )
 
 
@@ -125,8 +167,8 @@ async def complete(gw: Gateway, scope: Scope, raw_body: bytes, chat: bool) -> AS
         exchange = await exchange_for(gw, scope, raw_body, chat)
         return await gw.forwarder.complete(exchange)
     except OpenAIError as exc:
-        route = exchange.route if exchange is not None else "none"
-        gw.metrics.count_request(route, exc.status)
+        if exchange is None:  # once it has one, the forwarder's telemetry counted it
+            gw.metrics.count_request("none", exc.status)
         headers = exchange.headers() if exchange is not None else None
         if headers is None:
             headers = {"x-pdserve-profile": gw.manager.profile.name, "x-pdserve-route": "none"}
@@ -146,8 +188,13 @@ class CompletionsEndpoint:
             raw_body = await read_body(receive)
         except ClientGone:
             return
-        response = await complete(gw, scope, raw_body, self.chat)
-        await response(scope, receive, send)
+        watch = ClientWatch(receive)  # a client that leaves while held or prefilled stops it
+        try:
+            response = await watch.run(complete(gw, scope, raw_body, self.chat))
+            if response is not None:
+                await response(scope, watch.receive, send)
+        finally:
+            watch.close()
 
 
 router.routes.append(Route("/v1/completions", CompletionsEndpoint(chat=False), methods=["POST"]))
@@ -163,12 +210,5 @@ async def models(request: Request) -> Response:
         client_priority(gw.auth, request.headers.get("authorization"), None)
     except OpenAIError as exc:
         return error_response(exc)
-    profile = gw.manager.profile
-    card = {
-        "id": profile.model.name,
-        "object": "model",
-        "created": 0,
-        "owned_by": "pdserve",
-        "max_model_len": profile.model.max_model_len,
-    }
-    return JSONResponse({"object": "list", "data": [card]})
+    cards = model_routing.model_cards(gw.manager.profile)
+    return JSONResponse({"object": "list", "data": cards})

@@ -6,7 +6,7 @@ Bad input becomes a 400 in OpenAI's shape naming the parameter, never a 500.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -38,7 +38,12 @@ class Sampling(BaseModel):
 
 
 class CompletionBody(Sampling):
-    prompt: StrictStr | list[StrictStr] | list[StrictInt]
+    # vLLM refuses an empty prompt (400 "must be provided and non-empty"): refuse it here
+    prompt: (
+        Annotated[StrictStr, Field(min_length=1)]
+        | Annotated[list[StrictStr], Field(min_length=1)]
+        | Annotated[list[StrictInt], Field(min_length=1)]
+    )
 
 
 class Message(BaseModel):

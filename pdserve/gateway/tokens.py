@@ -20,9 +20,9 @@ INLINE_COUNT_CHARS = 2048
 
 
 def model_directory(model: ModelSpec) -> Path:
-    if model.source in ("tiny", "small"):
-        from pdserve.workers.checkpoint import ensure_model
+    from pdserve.workers.checkpoint import NAMED_MODELS, ensure_model
 
+    if model.source in NAMED_MODELS:
         return ensure_model(model.source)
     return Path(model.source)
 
@@ -46,6 +46,9 @@ class PromptCounter:
         config = directory / "tokenizer_config.json"
         if config.is_file():
             template = json.loads(config.read_text()).get("chat_template")
+        jinja = directory / "chat_template.jinja"  # where transformers >= 4.50 saves it
+        if template is None and jinja.is_file():
+            template = jinja.read_text()
         return cls(Tokenizer.from_file(str(path)), template)
 
     def prompt_text(self, body: dict[str, Any]) -> str:
@@ -76,6 +79,31 @@ class PromptCounter:
 
     async def count(self, body: dict[str, Any]) -> int:
         return (await self.encode(body))[0]
+
+
+class PromptCounters:
+    """One prompt counter per model source, each loaded once (off the event loop) on first use:
+    every model counts with its own tokenizer."""
+
+    def __init__(self) -> None:
+        self._loading: dict[str, asyncio.Future[PromptCounter]] = {}
+
+    def add(self, model: ModelSpec, counter: PromptCounter) -> None:
+        future: asyncio.Future[PromptCounter] = asyncio.get_running_loop().create_future()
+        future.set_result(counter)
+        self._loading[model.source] = future
+
+    async def of(self, model: ModelSpec) -> PromptCounter:
+        future = self._loading.get(model.source)
+        if future is None:
+            future = asyncio.ensure_future(asyncio.to_thread(PromptCounter.for_model, model))
+            self._loading[model.source] = future
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            if self._loading.get(model.source) is future:
+                del self._loading[model.source]  # the next request tries again
+            raise
 
 
 def _body_chars(body: dict[str, Any]) -> int:

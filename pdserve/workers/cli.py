@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pdserve import profile as profiles
+from pdserve.processes import free_port
 from pdserve.workers.pinning import parse_cpu_list
+from pdserve.workers.sim.cli import add_sim_arguments
 from pdserve.workers.vllm_command import WorkerSpec, vllm_command
 
 DEFAULT_READY_TIMEOUT_S = 600.0
@@ -45,15 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_READY_TIMEOUT_S,
         help="seconds to wait for /health before giving up",
     )
-    _add_explicit_arguments(parser.add_argument_group("explicit mode"))
-    try:
-        from pdserve.workers.sim.cli import add_sim_arguments
-    except ImportError:
-        return
+    explicit = parser.add_argument_group("explicit mode")
+    _add_model_arguments(explicit)
+    _add_transfer_arguments(explicit)
     add_sim_arguments(parser)
 
 
-def _add_explicit_arguments(group: argparse._ArgumentGroup) -> None:
+def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    """The server: role, engine, model and its sizes."""
     group.add_argument("--role", choices=["prefill", "decode", "both"], default=None)
     group.add_argument(
         "--engine",
@@ -69,6 +70,10 @@ def _add_explicit_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--max-model-len", type=int, default=2048)
     group.add_argument("--max-num-seqs", type=int, default=64)
     group.add_argument("--tensor-parallel-size", type=int, default=1)
+
+
+def _add_transfer_arguments(group: argparse._ArgumentGroup) -> None:
+    """KV transfer (NIXL), start-up and any extra vLLM flag."""
     group.add_argument(
         "--kv-load-failure-policy",
         choices=["recompute", "fail"],
@@ -124,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
 def worker_spec(args: argparse.Namespace, loaded: profiles.Profile | None) -> WorkerSpec:
     """The worker's spec from parsed flags (and the loaded profile in profile mode), with the
     model resolved to a checkpoint directory and a side-channel port picked when needed."""
+    from pdserve.workers.adapters import ensure_adapter
     from pdserve.workers.checkpoint import ensure_model
 
     cores = tuple(sorted(parse_cpu_list(args.cores))) if args.cores else ()
@@ -136,7 +142,8 @@ def worker_spec(args: argparse.Namespace, loaded: profiles.Profile | None) -> Wo
         spec = _explicit_spec(args, cores)
     if spec.kv_connector and spec.side_channel_port is None:
         spec = replace(spec, side_channel_port=free_port(spec.host))
-    return replace(spec, model=str(ensure_model(spec.model)))
+    loras = tuple((name, str(ensure_adapter(source))) for name, source in spec.lora_modules)
+    return replace(spec, model=str(ensure_model(spec.model)), lora_modules=loras)
 
 
 def _explicit_spec(args: argparse.Namespace, cores: tuple[int, ...]) -> WorkerSpec:
@@ -164,13 +171,19 @@ def _explicit_spec(args: argparse.Namespace, cores: tuple[int, ...]) -> WorkerSp
         ucx_tls=args.ucx_tls,
         cores=cores,
         extra_args=tuple(args.vllm_args),
+        **_explicit_lora(args),
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _explicit_lora(args: argparse.Namespace) -> dict[str, Any]:
+    """--enable-lora [--max-loras N] [--lora-modules name=source ...]: the simulated worker's
+    flags (vLLM's names); sources are resolved like a profile's (`seeded:tiny/<name>`)."""
+    if not getattr(args, "enable_lora", False):
+        return {}
+    from pdserve.workers.sim.lora import parse_modules
+
+    modules = parse_modules(getattr(args, "lora_modules", None))
+    return {"max_loras": args.max_loras or 1, "lora_modules": tuple(modules.items())}
 
 
 def _launch(spec: WorkerSpec, ready_timeout_s: float) -> int:

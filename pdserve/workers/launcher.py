@@ -17,19 +17,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from pdserve.workers.pinning import (
-    ThreadSample,
-    demote,
-    pin_tree,
-    process_tree,
-    sample_threads,
-    spinners,
-)
+from pdserve.processes import KILL_WAIT_S, alive, astop_tree
+from pdserve.workers.pinning import ThreadSample, demote, pin_tree, sample_threads, spinners
 from pdserve.workers.vllm_command import WorkerCommand
 
 PIN_INTERVAL_STARTING_S = 0.5
 PIN_INTERVAL_READY_S = 2.0
-KILL_WAIT_S = 10.0  # after SIGKILL: the longest a stop waits for the tree to be gone
 
 
 @dataclass(frozen=True)
@@ -123,50 +116,18 @@ class WorkerProcess:
         )
 
     async def stop(self) -> int:
-        """SIGTERM the whole tree, SIGKILL what is left after the grace period."""
+        """SIGTERM the whole tree, SIGKILL what is left after the grace period; the server's
+        exit code, or -SIGKILL if it is still there KILL_WAIT_S after the kill."""
         if self.process is None:
             return 0
-        members = process_tree(self.pid)
-        _signal_all(self.pid, members, signal.SIGTERM)
-        deadline = time.monotonic() + self.options.stop_grace_s
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), self.options.stop_grace_s)
-        # the server's children may still be on their way out (a loaded core runs them late)
-        await _wait_gone(members, timeout_s=max(0.0, deadline - time.monotonic()))
-        leftovers = [pid for pid in members if _alive(pid)]
-        _signal_all(self.pid, leftovers, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):  # a stop must end, even if the kernel is slow
-            await asyncio.wait_for(self.process.wait(), KILL_WAIT_S)
-        await _wait_gone(leftovers, timeout_s=KILL_WAIT_S)
-        if self.process.returncode is None:
-            print(f"server {self.pid} not reaped {KILL_WAIT_S:g} s after SIGKILL", flush=True)
-            return -int(signal.SIGKILL)
-        return self.process.returncode
-
-
-def _signal_all(leader: int, members: list[int], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, signum)
-    for pid in members:  # anything that left the group still belongs to the worker
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
-
-
-def _alive(pid: int) -> bool:
-    """Running or stopped: not gone, and not a zombie (dead, waiting for its parent to reap
-    it; an orphan's new parent may take its time)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-async def _wait_gone(pids: list[int], timeout_s: float) -> None:
-    for _ in range(int(timeout_s / 0.1)):
-        if not any(_alive(pid) for pid in pids):
-            return
-        await asyncio.sleep(0.1)
+        code = await astop_tree(self.pid, self.options.stop_grace_s, KILL_WAIT_S)
+        if not alive(self.pid):  # gone: asyncio reaps it now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), KILL_WAIT_S)
+        if self.process.returncode is not None:
+            return self.process.returncode
+        print(f"server {self.pid} not reaped {KILL_WAIT_S:g} s after SIGKILL", flush=True)
+        return code if code is not None else -int(signal.SIGKILL)
 
 
 async def run_worker(command: WorkerCommand, options: LaunchOptions) -> int:

@@ -1,4 +1,5 @@
-"""Binding every process and thread of a worker's process tree to its cores, read from /proc.
+"""Binding every thread of a worker's process tree (psutil finds the tree) to its cores, and
+finding its busy-polling threads, from /proc/<pid>/task.
 
 vLLM's CPU path pins only its OpenMP threads; NixlConnector re-pins the model thread to the
 last core of the NUMA node and the API-server and engine-core processes float. So the
@@ -11,6 +12,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pdserve.processes import process_tree
 
 PROC = Path("/proc")
 
@@ -41,12 +44,6 @@ def format_cpu_list(cores: Iterable[int]) -> str:
     return ",".join(runs)
 
 
-def parent_of(stat_line: str) -> int:
-    """The parent pid from a /proc/<pid>/stat line (the command name may hold spaces or ')')."""
-    fields_after_name = stat_line.rsplit(")", 1)[1].split()
-    return int(fields_after_name[1])  # state, then ppid
-
-
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -54,36 +51,24 @@ def _read(path: Path) -> str | None:
         return None  # the process or thread exited while we looked
 
 
-def process_tree(root: int, proc: Path = PROC) -> list[int]:
+def tree_pids(root: int) -> list[int]:
     """`root` and every descendant process alive now, parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _read(entry / "stat")
-        if stat is not None:
-            children.setdefault(parent_of(stat), []).append(int(entry.name))
-    tree, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop(0)
-        tree.append(pid)
-        frontier.extend(sorted(children.get(pid, [])))
-    return tree if (proc / str(root)).exists() else []
+    return [process.pid for process in process_tree(root)]
 
 
-def threads_of(pid: int, proc: Path = PROC) -> list[int]:
+def threads_of(pid: int) -> list[int]:
     try:
-        return sorted(int(name) for name in os.listdir(proc / str(pid) / "task"))
+        return sorted(int(name) for name in os.listdir(PROC / str(pid) / "task"))
     except (FileNotFoundError, ProcessLookupError):
         return []
 
 
-def tree_affinity(root: int, proc: Path = PROC) -> dict[tuple[int, int], set[int]]:
+def tree_affinity(root: int) -> dict[tuple[int, int], set[int]]:
     """(pid, tid) -> the cores each thread of the tree may run on, from Cpus_allowed_list."""
     affinity = {}
-    for pid in process_tree(root, proc):
-        for tid in threads_of(pid, proc):
-            status = _read(proc / str(pid) / "task" / str(tid) / "status")
+    for pid in tree_pids(root):
+        for tid in threads_of(pid):
+            status = _read(PROC / str(pid) / "task" / str(tid) / "status")
             if status is None:
                 continue
             for line in status.splitlines():
@@ -96,7 +81,7 @@ def pin_tree(root: int, cores: Iterable[int]) -> int:
     """Bind every thread of `root`'s process tree to `cores`; returns how many were moved."""
     wanted = set(cores)
     moved = 0
-    for pid in process_tree(root):
+    for pid in tree_pids(root):
         for tid in threads_of(pid):
             try:
                 if os.sched_getaffinity(tid) != wanted:
@@ -124,12 +109,12 @@ class ThreadSample:
     voluntary_switches: int  # times it blocked (slept, waited) so far
 
 
-def sample_threads(root: int, proc: Path = PROC) -> dict[tuple[int, int], ThreadSample]:
+def sample_threads(root: int) -> dict[tuple[int, int], ThreadSample]:
     """(pid, tid) -> CPU demand and blocking count so far, for every thread of root's tree."""
     samples = {}
-    for pid in process_tree(root, proc):
-        for tid in threads_of(pid, proc):
-            task = proc / str(pid) / "task" / str(tid)
+    for pid in tree_pids(root):
+        for tid in threads_of(pid):
+            task = PROC / str(pid) / "task" / str(tid)
             demand, status = _demand_ns(task), _read(task / "status")
             if demand is None or status is None:
                 continue

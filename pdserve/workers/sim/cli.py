@@ -1,8 +1,8 @@
 """Command-line flags of the simulated worker (`pdserve worker --engine sim ...`).
 
 Every fault is also read from the environment (`PDSERVE_SIM_FAULT_<NAME>`, e.g.
-`PDSERVE_SIM_FAULT_DIE_AFTER_TOKENS=40`) and from a profile pool's `sim_faults` mapping (keys
-`die_after_tokens`, `prefill_fail`, `prefill_slow_s`, `cold_start_s`, `hang`, `refuse`).
+`PDSERVE_SIM_FAULT_DIE_AFTER_TOKENS=40`) and from a profile pool's `sim_faults` (the faults are
+the fields of `pdserve.profile.SimFaults`; `cold_start_s` is the flag `--fault-cold-start`).
 A flag beats the environment, which beats the profile.
 """
 
@@ -12,23 +12,30 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from pdserve.profile import Profile, SimFaults
 from pdserve.workers.sim.engine import Faults
-
-if TYPE_CHECKING:
-    from pdserve.profile import Profile
+from pdserve.workers.sim.lora import parse_modules
 
 ENV_PREFIX = "PDSERVE_SIM_FAULT_"
-# fault name -> (flag, help, value when the flag is given bare)
-FAULTS: dict[str, tuple[str, str, float | None]] = {
-    "die_after_tokens": ("--fault-die-after-tokens", "exit after generating N tokens", None),
-    "prefill_fail": ("--fault-prefill-fail", "fail this fraction of prefills (bare: all)", 1.0),
-    "prefill_slow_s": ("--fault-prefill-slow", "add S seconds to every prefill step", None),
-    "cold_start_s": ("--fault-cold-start", "wait S seconds before opening the port", None),
-    "hang": ("--fault-hang", "accept connections but never answer", 1.0),
-    "refuse": ("--fault-refuse", "never open the port (connections refused)", 1.0),
-}
+BARE = {"prefill_fail": 1.0, "hang": 1.0, "refuse": 1.0, "skip_kv_pull": 1.0, "error_share": 1.0}
+"""A fault's value when its flag is given without one."""
+
+
+def _fault_flags() -> dict[str, tuple[str, str, float | None]]:
+    """fault name -> (flag, help, bare value), one per field of the profile's SimFaults."""
+    return {
+        name: (
+            "--fault-" + name.removesuffix("_s").replace("_", "-"),
+            field.description or name,
+            BARE.get(name),
+        )
+        for name, field in SimFaults.model_fields.items()
+    }
+
+
+FAULTS = _fault_flags()
 
 
 def _add(parser: argparse._ActionsContainer, flag: str, **kwargs: Any) -> None:
@@ -43,6 +50,17 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, "--time-scale", type=float, default=None, help="run N times faster than modelled")
     _add(group, "--accelerator", default=None, help="a GPU accelerator picks its timing preset")
     _add(group, "--kv-lease-s", type=float, default=None, help="unpulled prefill blocks expire")
+    _add(group, "--enable-lora", action="store_true", default=False, help="serve LoRA adapters")
+    _add(group, "--max-loras", type=int, default=None, help="adapters held at once (default 1)")
+    _add(group, "--lora-modules", nargs="+", default=None, help="name=path adapters at start")
+    _add(
+        group,
+        "--api-key",
+        action="append",
+        default=None,
+        dest="api_key",
+        help="require this key on /v1 (repeatable; default: VLLM_API_KEY), as vLLM does",
+    )
     _add(
         group,
         "--kv-load-failure-policy",
@@ -85,13 +103,9 @@ def faults_from(
         cold_start_s=values.get("cold_start_s", 0.0),
         hang=values.get("hang", 0.0) > 0,
         refuse=values.get("refuse", 0.0) > 0,
+        skip_kv_pull=values.get("skip_kv_pull", 0.0) > 0,
+        error_share=values.get("error_share", 0.0),
     )
-
-
-def _check_fault_keys(profile_faults: Mapping[str, float]) -> None:
-    unknown = sorted(set(profile_faults) - set(FAULTS))
-    if unknown:
-        raise ValueError(f"sim_faults: unknown key(s) {unknown}; known: {sorted(FAULTS)}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,8 @@ class SimSettings:
     kv_cache_gib: float | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    max_loras: int = 0  # LoRA off
+    lora_modules: tuple[tuple[str, str], ...] = ()
 
 
 def _pick(flag: Any, fallback: Any) -> Any:
@@ -147,7 +163,19 @@ def settings_from(
         faults=faults_from(args, environ),
         kv_load_failure_policy=policy,
         kv_lease_s=float(lease or 30.0),
+        **_explicit_lora(args),
     )
+
+
+def _explicit_lora(args: argparse.Namespace) -> dict[str, Any]:
+    """vLLM's LoRA flags: on with --enable-lora, --max-loras 1 by default."""
+    if not getattr(args, "enable_lora", False):
+        return {}
+    modules = parse_modules(getattr(args, "lora_modules", None))
+    return {
+        "max_loras": int(getattr(args, "max_loras", None) or 1),
+        "lora_modules": tuple(modules.items()),
+    }
 
 
 def _from_profile(
@@ -157,22 +185,25 @@ def _from_profile(
     if pool_name not in loaded.pools:
         raise ValueError(f"--pool must name one of the profile's pools: {list(loaded.pools)}")
     pool = loaded.pools[pool_name]
-    _check_fault_keys(pool.sim_faults)
+    model = loaded.model_for(pool_name)
+    engine = loaded.engine_for(pool_name)  # the pool's own engine settings over the profile's
     return SimSettings(
         role=pool.role.value,
         host=getattr(args, "host", None) or loaded.gateway.host,
         port=int(getattr(args, "port", None) or loaded.actuator.base_port),
-        served_model=loaded.model.name,
-        max_model_len=loaded.model.max_model_len,
+        served_model=loaded.model_for(pool_name).name,  # the pool's own model
+        max_model_len=loaded.model_for(pool_name).max_model_len,
         timing=_pick(getattr(args, "timing", None), loaded.engine.sim_timing),
         accelerator=_pick(getattr(args, "accelerator", None), pool.accelerator),
         time_scale=float(_pick(getattr(args, "time_scale", None), loaded.engine.sim_time_scale)),
-        faults=faults_from(args, environ, pool.sim_faults),
+        faults=faults_from(args, environ, pool.sim_faults.model_dump(exclude_none=True)),
         kv_load_failure_policy=loaded.kv_transfer.kv_load_failure_policy,
         kv_lease_s=float(
             _pick(getattr(args, "kv_lease_s", None), loaded.kv_transfer.block_lease_s)
         ),
-        kv_cache_gib=loaded.engine.kv_cache_gib,
-        max_num_seqs=loaded.engine.max_num_seqs,
-        max_num_batched_tokens=loaded.engine.max_num_batched_tokens,
+        kv_cache_gib=engine.kv_cache_gib,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        max_loras=model.max_loras if model.adapters else 0,
+        lora_modules=tuple((a.name, a.source) for a in model.adapters if a.load == "start"),
     )

@@ -23,10 +23,22 @@ class Faults:
     cold_start_s: float = 0.0  # seconds before the port opens (and /health answers)
     hang: bool = False  # accept connections, never answer (health included)
     refuse: bool = False  # never open the port: connections are refused
+    skip_kv_pull: bool = False  # decode: recompute the prompt, never pull (no KV connector)
+    error_share: float = 0.0  # fraction of completion requests answered 500 (by prompt hash)
 
 
 def _die() -> None:
     os._exit(17)
+
+
+class LoopClock:
+    """The event loop's clock; the engine's steps end on it."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -36,6 +48,7 @@ class Engine:
     time_scale: float = 1.0
     faults: Faults = field(default_factory=Faults)
     die: Callable[[], None] = _die
+    clock: LoopClock = field(default_factory=LoopClock)
     scheduler: Scheduler = field(init=False)
     generated_total: int = 0
     pulling: int = 0  # decode requests waiting on a KV pull (vLLM counts them waiting)
@@ -54,17 +67,23 @@ class Engine:
         self.metrics.set_state(len(sched.running), waiting, sched.kv_usage)
 
     async def run(self) -> None:
-        """The step loop; runs until cancelled."""
+        """The step loop; runs until cancelled. Steps end on a running deadline: a late wake-up
+        (the loop's millisecond timers, a busy loop) shortens the next sleep instead of adding to
+        every step, so the mean gap is the modelled step time (debt is kept for one step only)."""
+        clock = self.clock
+        deadline = clock.now()
         while True:
             step = self.scheduler.schedule()
             if step is None:
                 self._wake.clear()
                 await self._wake.wait()
+                deadline = clock.now()
                 continue
             seconds = self.scheduler.duration(step)
             if step.chunks:
                 seconds += self.faults.prefill_slow_s
-            await asyncio.sleep(self.scaled(seconds))
+            deadline = max(deadline + self.scaled(seconds), clock.now())
+            await clock.sleep(deadline - clock.now())
             for seq in self.scheduler.complete(step):
                 self._deliver(seq)
 

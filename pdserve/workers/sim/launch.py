@@ -7,7 +7,6 @@ with SimFleet() as fleet:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,7 @@ from typing import IO
 
 import httpx
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from pdserve.processes import free_port, stop_tree
 
 
 def sim_argv(role: str, port: int, flags: Sequence[str] = (), host: str = "127.0.0.1") -> list[str]:
@@ -96,13 +91,8 @@ class SimFleet:
 
     def stop(self, url: str, timeout_s: float = 5.0) -> None:
         process = self.processes.pop(url)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout_s)
+        stop_tree(process.pid, timeout_s)
+        process.poll()  # reap it
         self.logs.pop(url).close()
 
     def close(self) -> None:

@@ -66,6 +66,14 @@ class SimMetrics:
             ("finished_reason",),
         )
         self.request_success = {r: success.labels(*self._labels, r) for r in FINISH_REASONS}
+        # the simulated worker keeps no prefix cache: every prompt token is a query, none a hit
+        self.prefix_queries = self._counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+        ).labels(*self._labels)
+        self.prefix_hits = self._counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+        ).labels(*self._labels)
         self.nixl_failed = self._counter(
             "vllm:nixl_num_failed_transfers",
             "Number of failed NIXL KV Cache transfers, including handshake and notification "

@@ -2,12 +2,13 @@
 
 `parse_request` validates a body with vLLM's messages, parameters and status codes; the
 `*_response` and `*_chunk` builders give the exact keys a vLLM server sends (checked against a
-real server by tests/vllm/test_sim_conformance.py).
+real server by tests/workers/sim/test_sim_conformance.py).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +54,20 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     kv_params: dict[str, Any] | None
+    adapter: str | None = None  # the LoRA adapter it names in `model` (None: the base model)
 
 
-def parse_request(body: Any, chat: bool, served_model: str, max_model_len: int) -> ParsedRequest:
+def parse_request(
+    body: Any,
+    chat: bool,
+    served_model: str,
+    max_model_len: int,
+    adapters: Collection[str] = (),
+) -> ParsedRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", "Bad Request", "body")
     model = body.get("model")
-    if model is not None and model != served_model:
+    if model is not None and model != served_model and model not in adapters:
         raise ApiError(
             404,
             f"The model `{model}` does not exist. Valid aliases: {served_model}.",
@@ -86,6 +94,7 @@ def parse_request(body: Any, chat: bool, served_model: str, max_model_len: int) 
         kv_params=body.get("kv_transfer_params")
         if isinstance(body.get("kv_transfer_params"), dict)
         else None,
+        adapter=model if model is not None and model != served_model else None,
     )
 
 

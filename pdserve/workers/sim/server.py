@@ -9,8 +9,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -18,13 +18,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pdserve.workers.sim import kv, protocol
+from pdserve.workers.sim import kv, lora, protocol
+from pdserve.workers.sim.auth import ApiKeyGate, api_keys
 from pdserve.workers.sim.cli import SimSettings, settings_from
 from pdserve.workers.sim.engine import Engine, Faults
 from pdserve.workers.sim.metrics import SimMetrics
 from pdserve.workers.sim.protocol import ApiError, ParsedRequest
+from pdserve.workers.sim.refuse import Refusal
 from pdserve.workers.sim.service import Service, WorkerConfig
 from pdserve.workers.sim.timing import Timing, load_timing, with_limits
+
+T = TypeVar("T")
 
 
 def _json(body: Any) -> str:
@@ -49,12 +53,12 @@ class HangGate:
 
 
 async def _sse(service: Service, req: ParsedRequest, request_id: str) -> AsyncIterator[str]:
-    model, created, chat = service.config.served_model, int(time.time()), req.chat
-    if chat:
-        yield f"data: {_json(protocol.role_chunk(request_id, created, model))}\n\n"
+    model, created, chat = req.adapter or service.config.served_model, int(time.time()), req.chat
     produced = 0
     try:
         async for token in service.stream(req, request_id):
+            if chat and not produced:  # vLLM sends the role with its first output, not before
+                yield f"data: {_json(protocol.role_chunk(request_id, created, model))}\n\n"
             produced += 1
             chunk = protocol.token_chunk(request_id, created, model, chat, token.text, token.finish)
             yield f"data: {_json(chunk)}\n\n"
@@ -68,20 +72,46 @@ async def _sse(service: Service, req: ParsedRequest, request_id: str) -> AsyncIt
     yield "data: [DONE]\n\n"
 
 
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None once the client disconnected (work cancelled): vLLM's
+    `with_cancellation` aborts a non-streamed request the same way, freeing its blocks."""
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
 async def _completion(service: Service, request: Request, chat: bool) -> Response:
     try:
         body = await request.json()
     except ValueError:
         return _error(ApiError(400, "JSON decode error", "Bad Request", "body"))
+    headers = request.headers
+    service.record_received(
+        request.url.path, headers.get("x-request-id"), body, headers.get("traceparent")
+    )
     try:
         cfg = service.config
-        req = protocol.parse_request(body, chat, cfg.served_model, cfg.max_model_len)
+        adapters = service.lora.loaded
+        req = protocol.parse_request(body, chat, cfg.served_model, cfg.max_model_len, adapters)
         request_id = protocol.new_id(chat)
         if req.stream:
-            if service._prefill_fails(req):
-                raise ApiError(500, "simulated prefill failure", "InternalServerError")
+            service.check_faults(req)  # before the stream: a 500, not an error event
             return StreamingResponse(_sse(service, req, request_id), media_type="text/event-stream")
-        outcome = await service.complete(req, request_id)
+        outcome = await _unless_client_leaves(request, service.complete(req, request_id))
+        if outcome is None:
+            return Response(status_code=499)  # nobody reads it
     except ApiError as exc:
         return _error(exc)
     builder = protocol.chat_response if chat else protocol.completion_response
@@ -101,11 +131,12 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        return JSONResponse(
-            protocol.models_response(
-                cfg.served_model, cfg.model_root, cfg.max_model_len, int(time.time())
-            )
-        )
+        now = int(time.time())
+        listed = protocol.models_response(cfg.served_model, cfg.model_root, cfg.max_model_len, now)
+        listed["data"] += service.lora.cards(cfg.served_model, now)
+        return JSONResponse(listed)
+
+    lora.add_routes(app, service.lora)
 
     @app.get("/health")
     async def health() -> Response:
@@ -115,6 +146,11 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def metrics() -> Response:
         service.engine.refresh_metrics()
         return Response(service.engine.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/sim/received")
+    async def received() -> Response:
+        """What the last requests carried (tests check what a gateway forwards)."""
+        return JSONResponse(list(service.received))
 
     @app.post(kv.PULL_PATH)
     async def pull(request: Request) -> Response:
@@ -162,6 +198,8 @@ def _config(settings: SimSettings) -> WorkerConfig:
         max_model_len=settings.max_model_len,
         kv_load_failure_policy=settings.kv_load_failure_policy,
         kv_lease_s=settings.kv_lease_s,
+        max_loras=settings.max_loras,
+        lora_modules=settings.lora_modules,
     )
 
 
@@ -180,6 +218,7 @@ async def _serve(config: WorkerConfig, app: ASGIApp, faults: Faults, time_scale:
             timeout_graceful_shutdown=1,
         )
     )
+    Refusal(server).install(asyncio.get_running_loop())
     await server.serve()
 
 
@@ -198,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = _config(settings)
     app = create_app(config, timing, settings.time_scale, settings.faults)
+    keys = api_keys(getattr(args, "api_key", None))
+    if keys:
+        app = ApiKeyGate(app, keys)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(config, app, settings.faults, settings.time_scale))
     return 0

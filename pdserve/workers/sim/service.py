@@ -7,17 +7,21 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-from pdserve import hardware
 from pdserve.workers.sim import kv, tokens
+from pdserve.workers.sim import roofline as hardware
 from pdserve.workers.sim.engine import Engine
+from pdserve.workers.sim.lora import LoraRegistry, adapter_salt
 from pdserve.workers.sim.protocol import ApiError, Outcome, ParsedRequest
 from pdserve.workers.sim.scheduler import Sequence
+
+RECEIVED_KEPT = 256  # the last requests' kv_transfer_params and ids, for /sim/received
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,16 @@ class WorkerConfig:
     max_model_len: int
     kv_load_failure_policy: Literal["recompute", "fail"] = "recompute"
     kv_lease_s: float = 30.0
+    max_loras: int = 0  # LoRA off unless >= 1
+    lora_modules: tuple[tuple[str, str], ...] = ()  # adapters held from the start
+
+
+def _prompt_point(req: ParsedRequest, salt: bytes) -> float:
+    """The prompt's fixed point in [0, 1) for one kind of fault: the same prompt always meets
+    the same fate, so a test's failures are repeatable."""
+    key = salt + bytes(str(req.prompt_ids), "utf-8")
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 @dataclass
@@ -47,24 +61,48 @@ class Service:
     client: httpx.AsyncClient | None = None
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     leases: kv.LeaseStore = field(init=False)
+    received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
+    lora: LoraRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.leases = kv.LeaseStore(self.engine_id, self.config.kv_lease_s)
+        self.lora = LoraRegistry(self.config.max_loras, dict(self.config.lora_modules))
+
+    def record_received(
+        self, path: str, request_id: str | None, body: Any, traceparent: str | None = None
+    ) -> None:
+        """Keep what a completion request carried: the gateway's tests read it back."""
+        params = body.get("kv_transfer_params") if isinstance(body, dict) else None
+        self.received.append(
+            {
+                "path": path,
+                "request_id": request_id,
+                "kv_transfer_params": params,
+                "traceparent": traceparent,
+                "model": body.get("model") if isinstance(body, dict) else None,
+            }
+        )
 
     def _prefill_fails(self, req: ParsedRequest) -> bool:
         rate = self.engine.faults.prefill_fail
         if rate <= 0 or not kv.wants_remote_decode(req.kv_params):
             return False
-        digest = hashlib.blake2b(bytes(str(req.prompt_ids), "utf-8"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") / 2**64 < rate
+        return _prompt_point(req, b"") < rate
+
+    def check_faults(self, req: ParsedRequest) -> None:
+        """The injected failures a request meets before its first token (500, as vLLM's)."""
+        if self._prefill_fails(req):
+            raise ApiError(500, "simulated prefill failure", "InternalServerError")
+        if _prompt_point(req, b"error:") < self.engine.faults.error_share:
+            raise ApiError(500, "simulated engine error", "InternalServerError")
 
     async def stream(self, req: ParsedRequest, request_id: str) -> AsyncIterator[Token]:
         """The request's tokens, in (scaled) real time, with TTFT/ITL/e2e metrics recorded."""
-        if self._prefill_fails(req):
-            raise ApiError(500, "simulated prefill failure", "InternalServerError")
+        self.check_faults(req)
         start = time.perf_counter()
         await asyncio.sleep(self.engine.scaled(self.engine.timing.request_overhead_s))
-        generated = tokens.generate(req.seed, req.prompt_ids, req.max_tokens)
+        salt = adapter_salt(req.adapter) if req.adapter else 0
+        generated = tokens.generate(req.seed + salt, req.prompt_ids, req.max_tokens)
         count, stop = tokens.cut_at_stop(generated, req.stops)
         computed = await self._remote_kv(req)
         seq = Sequence(request_id, len(req.prompt_ids), count, computed=computed)
@@ -88,7 +126,7 @@ class Service:
         """Prompt tokens whose KV came from a prefill peer (0: compute them all here)."""
         prompt_len = len(req.prompt_ids)
         pulled = 0
-        if kv.wants_remote_prefill(req.kv_params):
+        if kv.wants_remote_prefill(req.kv_params) and not self.engine.faults.skip_kv_pull:
             assert req.kv_params is not None
             self.engine.pulling += 1
             try:
@@ -100,6 +138,7 @@ class Service:
         if external:
             self.engine.metrics.count_prompt(external, "external_kv_transfer")
         self.engine.metrics.count_prompt(prompt_len - external, "local_compute")
+        self.engine.metrics.prefix_queries.inc(prompt_len)
         return external
 
     async def _pull(self, params: dict[str, Any], prompt_len: int) -> int:
@@ -178,7 +217,7 @@ class Service:
         return Outcome(
             request_id=request_id,
             created=int(time.time()),
-            model=self.config.served_model,
+            model=req.adapter or self.config.served_model,
             text=text,
             finish_reason=finish[0],
             stop_reason=finish[1],

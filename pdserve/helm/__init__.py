@@ -1,0 +1,1 @@
+"""Helm: the values models, rendering a profile into values, and the real helm binary."""
