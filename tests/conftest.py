@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# Shared fixtures, available to every folder: the real-vLLM `cluster` (and `pd`, `tiny_model`)
+# and the in-process `gateway_server`.
+pytest_plugins = ["tests.support.vllm_cluster", "tests.support.gateway_server"]
+
 
 def _cuda_available() -> bool:
     try:

@@ -1,5 +1,5 @@
 """The cluster simulator's invariants: every request finishes or is counted as dropped, cost is
-replica-seconds x price, the timing follows pdserve.hardware, and the policies it runs are
+replica-seconds x price, the timing follows the roofline tables, and the policies it runs are
 pdserve's own."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.sim import engine, scalers, scenarios
-from bench.sim.engine import ColdStart, SimConfig, simulate
-from bench.sim.results import cost_usd, gpu_seconds, summarize
-from bench.sim.scalers import HpaScaler, PdserveScaler, StaticScaler, qps_scaler
+from bench.clustersim import events as engine
+from bench.clustersim import scalers, scenarios
+from bench.clustersim.events import ColdStart, SimConfig, simulate
+from bench.clustersim.results import cost_usd, gpu_seconds, summarize
+from bench.clustersim.scalers import HpaScaler, PdserveScaler, StaticScaler, qps_scaler
 from bench.workload import Requests
-from pdserve import hardware, profile
+from pdserve import profile
 from pdserve.policies import autoscaling, picking, routing
+from pdserve.workers.sim import roofline as hardware
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +48,7 @@ def _ends(result: engine.SimResult) -> tuple[np.ndarray, np.ndarray]:
     return np.array(result.ledger.first_token), np.array(result.ledger.finish)
 
 
-@pytest.mark.parametrize("scaler_name", ["pdserve", "pdserve-hold", "hpa", "qps", "static"])
+@pytest.mark.parametrize("scaler_name", ["pdserve", "pdserve-before", "hpa", "qps", "static"])
 def test_every_request_finishes_or_is_dropped(scaler_name: str) -> None:
     prof = _disagg()
     tight = prof.gateway.model_copy(update={"max_queued_per_pool": 50, "queue_timeout_s": 30})
@@ -54,13 +56,13 @@ def test_every_request_finishes_or_is_dropped(scaler_name: str) -> None:
     requests = scenarios.build("burst", 4.0, 600.0, seed=3)
     scaler = {
         "pdserve": PdserveScaler(),
-        "pdserve-hold": PdserveScaler(),
+        "pdserve-before": PdserveScaler(),
         "hpa": HpaScaler(),
         "qps": qps_scaler({"prefill": 2.0, "decode": 1.0}),
         "static": StaticScaler({"prefill": 1, "decode": 1}),
     }[scaler_name]
-    hold = 8 if scaler_name == "pdserve-hold" else None
-    config = SimConfig(prof, MODEL, ColdStart(provision_s=30), tail_s=120, hold_at_capacity=hold)
+    late = scaler_name != "pdserve-before"  # the gateway before issue 18 as well
+    config = SimConfig(prof, MODEL, ColdStart(provision_s=30), tail_s=120, late_binding=late)
     result = simulate(config, requests, scaler)
     first, finish = _ends(result)
     dropped = np.array([d is not None for d in result.ledger.dropped])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pdserve.pools.prefix import PrefixIndex, block_hashes
-from tests.gateway.conftest import running_app
+from tests.support.gateway import running_app
 
 pytestmark = pytest.mark.integration
 

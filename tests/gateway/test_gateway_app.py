@@ -11,7 +11,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from pdserve.policies.types import ScaleDecision
-from tests.gateway.conftest import running_app
+from tests.support.gateway import running_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -181,7 +181,7 @@ async def test_metrics_models_and_admin(gateway: tuple[FastAPI, httpx.AsyncClien
     text = (await client.get("/metrics")).text
     assert 'pdserve_scale_decisions_total{direction="none",pool="decode"} 1.0' in text
     for name in (
-        'pdserve_requests_total{route="disaggregated",status="200"}',
+        'pdserve_requests_total{model="tiny",route="disaggregated",status="200"}',
         'pdserve_pool_replicas{pool="decode",state="ready"} 1.0',
         'pdserve_pool_desired_replicas{pool="prefill"} 1.0',
         "pdserve_pool_queue_depth",

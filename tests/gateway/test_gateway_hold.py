@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pdserve.gateway.app import create_app
-from tests.gateway.conftest import gateway_profile, until
+from tests.support.gateway import gateway_profile, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -44,4 +44,4 @@ async def test_held_requests_shed_by_priority_then_time_out() -> None:
             assert timed_out.json()["error"]["code"] == "no_replica"
             assert refused.status_code == 503  # it was held, then timed out too
             metrics = (await c.get("/metrics")).text
-            assert 'pdserve_requests_total{route="local",status="429"} 1.0' in metrics
+            assert 'pdserve_requests_total{model="tiny",route="local",status="429"} 1.0' in metrics

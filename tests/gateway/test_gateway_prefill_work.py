@@ -10,7 +10,7 @@ from pdserve.gateway.upstream import Upstream
 from pdserve.pools.manager import PoolManager
 from pdserve.pools.replica import Replica
 from pdserve.profile import Profile
-from tests.gateway.conftest import running_app, until
+from tests.support.gateway import running_app, until
 
 
 def _profile() -> Profile:

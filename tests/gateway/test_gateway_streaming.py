@@ -3,22 +3,17 @@ client that goes away mid-stream ends the worker's generation rather than leavin
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from pdserve.actuators.local import free_port
 from pdserve.pools.replica import parse_worker_metrics
-from tests.gateway.conftest import PROFILES, stop_process
+from pdserve.stack import stack
+from tests.support import PROFILES
 
 pytestmark = pytest.mark.integration
-
-READY_TIMEOUT_S = 120.0
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -29,28 +24,12 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/ready", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, "-m", "pdserve.cli", "up", "--port", str(port), "--profile"]
-    command.append(str(PROFILES / "gw-slow-stream.yaml"))
-    env = {**os.environ, "PDSERVE_ADMIN_TOKEN": "", "PDSERVE_API_KEYS": ""}
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: _ready(base_url), READY_TIMEOUT_S, "the gateway is ready")
-        yield base_url
-    finally:
-        stop_process(process)
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"PDSERVE_ADMIN_TOKEN": "", "PDSERVE_API_KEYS": ""}
+    log_dir = tmp_path_factory.mktemp("streaming")
+    with stack(PROFILES / "gw-slow-stream.yaml", env=env, log_dir=log_dir) as running:
+        yield running.base_url
 
 
 def _decode_endpoint(base_url: str) -> dict[str, object]:

@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.gateway.conftest import PROFILES, gateway_profile, running_app, until
+from tests.support.gateway import gateway_profile, running_app, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -46,7 +46,8 @@ async def _load(
 
 
 async def _switch(client: httpx.AsyncClient, name: str) -> None:
-    answer = await client.put("/admin/profile", json={"name": str(PROFILES / f"{name}.yaml")})
+    inline = gateway_profile(name).model_dump(mode="json")
+    answer = await client.put("/admin/profile", json={"profile": inline})
     assert answer.status_code == 202, answer.text
     assert answer.json()["pending"] == name
 

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from pdserve import profile as profiles
-from pdserve.helm_values import CHART_DIR
-from pdserve.render import render_values_yaml
-from pdserve.tools.helm_binary import helm_path
+from pdserve.helm.binary import helm_path
+from pdserve.helm.render import render_values_yaml, with_model_path
+from pdserve.helm.values import CHART_DIR
+from pdserve.workers.models import REGISTRY_MODELS
 
 SHIPPED = ["local", "standard", "disaggregated", "sim", "a100-l4"]
 RELEASE = "pd"
@@ -22,6 +23,15 @@ HELM_TIMEOUT_S = 120
 
 Objects = list[dict[str, Any]]
 Template = Callable[..., Objects]
+
+
+def chart_profile(name: str) -> profiles.Profile:
+    """A shipped profile as a platform team renders it: a registry model (local's smollm2, which
+    `pdserve render` refuses) served from its checkpoint copied onto the model volume."""
+    loaded = profiles.load(name)
+    if loaded.model.source in REGISTRY_MODELS:
+        return with_model_path(loaded, f"/models/{loaded.model.source}")
+    return loaded
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +44,7 @@ def values_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`pdserve render` output of every shipped profile, as files for `helm -f`."""
     directory = tmp_path_factory.mktemp("values")
     for name in SHIPPED:
-        (directory / f"{name}.yaml").write_text(render_values_yaml(profiles.load(name)))
+        (directory / f"{name}.yaml").write_text(render_values_yaml(chart_profile(name)))
     return directory
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pdserve.tools import helm_binary
+from pdserve.helm import binary as helm_binary
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def test_a_tampered_binary_is_replaced(tmp_path: Path) -> None:
 
 def test_module_prints_only_the_path_when_quiet() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pdserve.tools.helm_binary", "--quiet"],
+        [sys.executable, "-m", "pdserve.helm.binary", "--quiet"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pdserve import profile as profiles
-from pdserve.helm_values import CHART_DIR, SCHEMA_PATH, values_schema_text
+from pdserve.helm.render import render_values_yaml
+from pdserve.helm.values import CHART_DIR, SCHEMA_PATH, values_schema_text
 
 from .conftest import (
     NAMESPACE,
@@ -19,6 +20,7 @@ from .conftest import (
     SHIPPED,
     Objects,
     Template,
+    chart_profile,
     env_of,
     named,
     of_kind,
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.integration
 KUBERNETES_VERSION = "1.33.0"  # the kubectl/helm layer's Kubernetes minor
 CORE_KINDS = {
     "ConfigMap",
+    "NetworkPolicy",
+    "Secret",
     "Deployment",
     "PodDisruptionBudget",
     "Role",
@@ -43,7 +47,7 @@ PREFIX = f"{RELEASE}-pdserve"
 
 
 def test_schema_file_is_the_one_generated_from_the_models() -> None:
-    assert SCHEMA_PATH.read_text() == values_schema_text(), "run: python -m pdserve.helm_values"
+    assert SCHEMA_PATH.read_text() == values_schema_text(), "run: python -m pdserve.helm.values"
 
 
 def test_helm_lint_passes_with_the_charts_defaults(helm: Path) -> None:
@@ -106,8 +110,8 @@ def test_a100_l4_prefill_pods_land_on_a100_and_decode_pods_on_l4(
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
             "tolerations"
         ]
-    assert prefill["spec"]["replicas"] == 1  # replicas.initial
-    assert decode["spec"]["replicas"] == 2
+    # the gateway's autoscaler owns the counts: an upgrade or a GitOps sync must not reset them
+    assert "replicas" not in prefill["spec"] and "replicas" not in decode["spec"]
 
 
 def _args(container: dict[str, Any]) -> dict[str, str]:
@@ -122,7 +126,7 @@ def _args(container: dict[str, Any]) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["a100-l4", "local", "disaggregated"])
 def test_nixl_args_and_env_on_prefill_and_decode(rendered: dict[str, Objects], name: str) -> None:
-    loaded = profiles.load(name)
+    loaded = chart_profile(name)
     for pool in ("prefill", "decode"):
         container = worker_container(named(rendered[name], "Deployment", f"{PREFIX}-{pool}"))
         assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
@@ -137,7 +141,8 @@ def test_nixl_args_and_env_on_prefill_and_decode(rendered: dict[str, Objects], n
             },
         }
         env = env_of(container)
-        assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "$(POD_IP)"  # expanded by the kubelet
         assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
         assert {"name": "nixl", "containerPort": 5600, "protocol": "TCP"} in container["ports"]
         if loaded.kv_transfer.ucx_tls:
@@ -153,7 +158,7 @@ def test_a100_l4_workers_serve_the_cached_model_and_probe_health(
     assert args["--model"] == "/models/Llama-3.1-8B-Instruct"
     assert args["--served-model-name"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert args["--tensor-parallel-size"] == "1"
-    assert args["--gpu-memory-utilization"] == "0.9"
+    assert args["--gpu-memory-utilization"] == "0.95"  # the L4 pool's own (a100-l4.yaml)
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert container["startupProbe"]["httpGet"]["path"] == "/health"
     assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["python3", "-c"]
@@ -172,17 +177,19 @@ def test_a100_l4_workers_serve_the_cached_model_and_probe_health(
     assert decode["spec"]["template"]["metadata"]["labels"]["pdserve.io/pool"] == "decode"
 
 
-def test_streaming_load_format_is_passed_to_vllm(template: Template, values_dir: Path) -> None:
-    objects = template(values_dir / "a100-l4.yaml", sets=("vllm.loadFormat=runai_streamer",))
-    for pool in ("prefill", "decode"):
-        args = _args(worker_container(named(objects, "Deployment", f"{PREFIX}-{pool}")))
-        assert args["--load-format"] == "runai_streamer"
+def test_a_pools_extra_args_follow_the_rendered_flags(template: Template, values_dir: Path) -> None:
+    sets = ("pools.prefill.extraArgs={--load-format,runai_streamer}",)
+    objects = template(values_dir / "a100-l4.yaml", sets=sets)
+    prefill = worker_container(named(objects, "Deployment", f"{PREFIX}-prefill"))
+    assert prefill["args"][-2:] == ["--load-format", "runai_streamer"]
+    decode = worker_container(named(objects, "Deployment", f"{PREFIX}-decode"))
+    assert "--load-format" not in decode["args"]
 
 
 def test_seeded_tiny_model_is_written_into_the_cache_by_an_init_container(
     rendered: dict[str, Objects],
 ) -> None:
-    deployment = named(rendered["local"], "Deployment", f"{PREFIX}-decode")
+    deployment = named(rendered["disaggregated"], "Deployment", f"{PREFIX}-decode")
     pod = deployment["spec"]["template"]["spec"]
     [init] = pod["initContainers"]
     assert init["command"] == ["pdserve", "model", "tiny", "--out", "/models/tiny"]
@@ -193,8 +200,27 @@ def test_seeded_tiny_model_is_written_into_the_cache_by_an_init_container(
 
 # pdserve/actuators/kubernetes.py lists a pool's pods, annotates drained victims with a
 # pod-deletion-cost (patch), and patches (and reads) the Deployment's scale subresource.
-PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]}
-SCALE_RULE = {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]}
+PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [f"{PREFIX}-gateway"],
+        "verbs": ["get", "update"],
+    },
+]
+VICTIMS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+
+
+def _scale_rule(pools: list[str]) -> dict[str, Any]:
+    """The scale subresource of this release's pool Deployments, by name."""
+    return {
+        "apiGroups": ["apps"],
+        "resources": ["deployments/scale"],
+        "resourceNames": [f"{PREFIX}-{pool}" for pool in sorted(pools)],
+        "verbs": ["get", "patch"],
+    }
 
 
 def _gateway_rbac(objects: Objects) -> list[dict[str, Any]]:
@@ -215,14 +241,16 @@ def _gateway_rbac(objects: Objects) -> list[dict[str, Any]]:
 def test_gateway_rbac_is_exactly_what_the_kubernetes_actuator_needs(
     rendered: dict[str, Objects], name: str
 ) -> None:
-    assert _gateway_rbac(rendered[name]) == [PODS_RULE, SCALE_RULE]
+    pools = list(profiles.load(name).pools)
+    expected = [PODS_RULE, *LEASE_RULES, VICTIMS_RULE, _scale_rule(pools)]
+    assert _gateway_rbac(rendered[name]) == expected
 
 
 def test_gateway_may_not_scale_when_keda_owns_the_replicas(
     template: Template, values_dir: Path
 ) -> None:
     objects = template(values_dir / "a100-l4.yaml", sets=("autoscaling.mode=keda",))
-    assert _gateway_rbac(objects) == [PODS_RULE]
+    assert _gateway_rbac(objects) == [PODS_RULE, *LEASE_RULES]  # nor patch a pod
     config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
     loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
     assert loaded.actuator.kubernetes.manage_replicas is False
@@ -265,7 +293,7 @@ def test_profile_configmap_reproduces_the_profile_and_names_the_deployments(
     objects = rendered[name]
     config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
     loaded = profiles.parse(yaml.safe_load(config["data"]["profile.yaml"]), "configmap")
-    original = profiles.load(name)
+    original = chart_profile(name)
     assert loaded.model == original.model
     assert loaded.engine == original.engine
     assert loaded.routing == original.routing
@@ -296,7 +324,8 @@ def test_standard_renders_one_unified_pool_and_no_prefill(rendered: dict[str, Ob
     assert "--kv-transfer-config" not in container["args"]  # no hop: no connector
     assert "VLLM_NIXL_SIDE_CHANNEL_HOST" not in env_of(container)
     assert workers[0]["spec"]["template"]["metadata"]["labels"]["pdserve.io/role"] == "both"
-    assert len(of_kind(objects, "PodDisruptionBudget")) == 1
+    budgets = sorted(b["metadata"]["name"] for b in of_kind(objects, "PodDisruptionBudget"))
+    assert budgets == [f"{PREFIX}-decode", f"{PREFIX}-gateway"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -350,7 +379,7 @@ def test_pdserve_and_none_modes_render_no_scaled_objects(
     assert not of_kind(rendered["a100-l4"], "ScaledObject")
     objects = template(values_dir / "a100-l4.yaml", sets=("autoscaling.mode=none",))
     assert not of_kind(objects, "ScaledObject")
-    assert _gateway_rbac(objects) == [PODS_RULE]
+    assert _gateway_rbac(objects) == [PODS_RULE, *LEASE_RULES]
 
 
 def _write(path: Path, values: dict[str, Any]) -> Path:
@@ -380,6 +409,8 @@ def test_schema_rejects_an_impossible_value_and_an_unknown_mode(
         {"pools": {"decode": {"tensorParallelSize": 0}}},
         {"autoscaling": {"mode": "hpa"}},
         {"profile": {"routing": {"prefill_threshold": -1}}},
+        {"pools": {"decode": {"accelerator": "tpu-v5e"}}},  # not in pdserve's registry
+        {"modelCache": {"seed": "huge"}},  # not a seeded checkpoint
     ):
         path = _write(tmp_path / "bad.yaml", bad)
         result = run_helm(
@@ -395,9 +426,21 @@ def test_schema_rejects_an_impossible_value_and_an_unknown_mode(
         assert result.returncode != 0, bad
 
 
-def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_dir: Path) -> None:
+PIPELINE = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "ray"]
+
+
+def _pipeline(tmp_path: Path) -> Path:
+    """vLLM's flags for a prefill pool spanning 2 nodes (`pdserve render` knows no nodes)."""
+    return _write(tmp_path / "pipeline.yaml", {"pools": {"prefill": {"extraArgs": PIPELINE}}})
+
+
+def test_pool_spanning_nodes_is_a_leader_worker_set(
+    template: Template, values_dir: Path, tmp_path: Path
+) -> None:
     objects = template(
-        values_dir / "a100-l4.yaml", sets=("pools.prefill.nodes=2", "autoscaling.mode=keda")
+        values_dir / "a100-l4.yaml",
+        _pipeline(tmp_path),
+        sets=("pools.prefill.nodes=2", "autoscaling.mode=keda"),
     )
     [group] = of_kind(objects, "LeaderWorkerSet")
     assert group["metadata"]["name"] == f"{PREFIX}-prefill"
@@ -407,7 +450,9 @@ def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_d
     assert leader["metadata"]["labels"]["pdserve.io/pool"] == "prefill"
     assert "pdserve.io/pool" not in spec["workerTemplate"]["metadata"]["labels"]
     [container] = leader["spec"]["containers"]
-    assert "--pipeline-parallel-size" in container["args"]
+    server = yaml.safe_load((values_dir / "a100-l4.yaml").read_text())["pools"]["prefill"]["vllm"]
+    assert container["command"] == ["sh", "-c", 'ray start --head --port=6379 && exec "$@"', "--"]
+    assert container["args"] == [*server["command"], *server["args"], *PIPELINE]
     assert not [
         d for d in of_kind(objects, "Deployment") if d["metadata"]["name"].endswith("prefill")
     ]
@@ -420,15 +465,33 @@ def test_pool_spanning_nodes_is_a_leader_worker_set(template: Template, values_d
 
 
 def test_pool_spanning_nodes_needs_an_autoscaler_that_scales_leader_worker_sets(
-    helm: Path, values_dir: Path
+    helm: Path, values_dir: Path, tmp_path: Path
 ) -> None:
     result = run_helm(
         helm, "template", RELEASE, str(CHART_DIR), "-f", str(values_dir / "a100-l4.yaml"),
-        "--set", "pools.prefill.nodes=2",
+        "-f", str(_pipeline(tmp_path)), "--set", "pools.prefill.nodes=2",
     )  # fmt: skip
     assert result.returncode != 0
     assert "pools.prefill.nodes: 2" in result.stderr
     assert "autoscaling.mode: keda or none" in result.stderr
+
+
+def _template_fails(helm: Path, values: Path, *sets: str) -> str:
+    args = ["template", RELEASE, str(CHART_DIR), "-f", str(values)]
+    for pair in sets:
+        args += ["--set", pair]
+    result = run_helm(helm, *args)
+    assert result.returncode != 0, f"helm template with {sets} passed"
+    return result.stderr
+
+
+def test_pool_spanning_nodes_without_vllms_pipeline_flags_fails_and_says_which(
+    helm: Path, values_dir: Path
+) -> None:
+    stderr = _template_fails(
+        helm, values_dir / "a100-l4.yaml", "pools.prefill.nodes=2", "autoscaling.mode=keda"
+    )
+    assert "add --pipeline-parallel-size 2 --distributed-executor-backend ray" in stderr
 
 
 def test_http_route_and_service_monitor_target_the_gateway_service(
@@ -489,11 +552,30 @@ def test_gateway_stays_in_its_service_when_decode_may_scale_to_zero(
 
 
 def test_tensor_parallel_size_sets_the_gpus_and_the_flag(
-    template: Template, values_dir: Path
+    template: Template, tmp_path: Path
 ) -> None:
-    objects = template(values_dir / "a100-l4.yaml", sets=("pools.prefill.tensorParallelSize=4",))
+    data = profiles.load("a100-l4").model_dump(mode="json")
+    data["pools"]["prefill"]["tensor_parallel_size"] = 4
+    path = tmp_path / "tp4.yaml"
+    path.write_text(render_values_yaml(profiles.parse(data, "tp4")))
+    objects = template(path)
     prefill = worker_container(named(objects, "Deployment", f"{PREFIX}-prefill"))
     assert prefill["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert _args(prefill)["--tensor-parallel-size"] == "4"
     decode = worker_container(named(objects, "Deployment", f"{PREFIX}-decode"))
     assert decode["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("pools.prefill.tensorParallelSize=4", "size 1 but tensorParallelSize is 4"),
+        ("vllm.port=9000", "--port 8000 but vllm.port is 9000"),
+    ],
+)
+def test_a_chart_key_that_disagrees_with_the_rendered_flags_fails(
+    helm: Path, values_dir: Path, pair: str, message: str
+) -> None:
+    stderr = _template_fails(helm, values_dir / "a100-l4.yaml", pair)
+    assert message in stderr
+    assert "run `pdserve render` again" in stderr

@@ -1,30 +1,26 @@
 """The gateway's rendered Role is exactly what the real kubernetes actuator needs.
 
-No Kubernetes API server runs here. The server below authorizes every request the way the API
-server's RBAC does (the request's verb, API group and resource, subresource included, against
-the rendered Role's rules: anything else is 403) and answers the documented core/v1 pod list and
-patch and apps/v1 `deployments/{name}/scale` endpoints with minimal objects. The actuator runs
+No Kubernetes API server runs here. The fake of tests/support/kube_api.py, given the rendered
+Role's rules, authorizes every request the way the API server's RBAC does (the request's verb,
+API group and resource, subresource included: anything else is 403) and answers the documented
+core/v1 pod list, watch and patch, coordination.k8s.io/v1 leases and apps/v1
+`deployments/{name}/scale` endpoints. The actuator runs
 with the real `kubernetes` client, so each call it makes is checked against the chart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -32,126 +28,34 @@ from kubernetes import client
 
 from pdserve import profile as profiles
 from pdserve.actuators.kubernetes import KubernetesActuator
+from pdserve.helm.render import render_values
+from pdserve.helm.values import Vllm
+from pdserve.processes import free_port
+from tests.support.kube_api import KubeApi
+from tests.support.kube_api import serve as serve_api
 
 from .conftest import NAMESPACE, RELEASE, Objects, Template, named, of_kind
 
 pytestmark = pytest.mark.integration
 
 PREFIX = f"{RELEASE}-pdserve"
-Access = tuple[str, str, str]  # (verb, API group, resource[/subresource])
-
-
-def request_access(method: str, path: str, query: dict[str, list[str]]) -> Access:
-    """RBAC's view of an HTTP request (Kubernetes' documented request attributes)."""
-    parts = path.strip("/").split("/")
-    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    assert rest[:2] == ["namespaces", NAMESPACE], path
-    resource = "/".join([rest[2], *rest[4:5]])  # resource, plus a subresource if any
-    named_object = len(rest) > 3
-    verbs = {"PATCH": "patch", "PUT": "update", "DELETE": "delete", "POST": "create"}
-    if method == "GET":
-        watching = query.get("watch", ["false"])[0] == "true"
-        verb = "get" if named_object else ("watch" if watching else "list")
-    else:
-        verb = verbs[method]
-    return verb, group, resource
-
-
-def allowed(rules: list[dict[str, Any]], access: Access) -> bool:
-    verb, group, resource = access
-    return any(
-        verb in rule["verbs"] and group in rule["apiGroups"] and resource in rule["resources"]
-        for rule in rules
-    )
-
-
-@dataclass
-class ApiServer:
-    rules: list[dict[str, Any]]
-    pod_ip: str = "10.0.0.7"
-    seen: list[Access] = field(default_factory=list)
-    denied: list[Access] = field(default_factory=list)
-
-
-def _pod(name: str, pool: str, ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"pdserve.io/pool": pool}},
-        "spec": {"containers": [{"name": "worker", "image": "vllm"}]},
-        "status": {"phase": "Running", "podIP": ip},
-    }
-
-
-def make_handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's names)
-            self._serve("GET")
-
-        def do_PATCH(self) -> None:  # noqa: N802
-            self._serve("PATCH")
-
-        def _serve(self, method: str) -> None:
-            url = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            access = request_access(method, url.path, parse_qs(url.query))
-            server.seen.append(access)
-            if not allowed(server.rules, access):
-                server.denied.append(access)
-                return self._json(403, {"kind": "Status", "status": "Failure", "code": 403})
-            if access[2] == "pods":
-                return self._pods(access[0], url.path, parse_qs(url.query))
-            assert access[2] == "deployments/scale", access  # the only other thing granted
-            deployment = url.path.strip("/").split("/")[-2]
-            scale = {
-                "kind": "Scale",
-                "apiVersion": "autoscaling/v1",
-                "metadata": {"name": deployment, "namespace": NAMESPACE},
-                "spec": {"replicas": 2},
-                "status": {"replicas": 2},
-            }
-            self._json(200, scale)
-
-        def _pods(self, verb: str, path: str, query: dict[str, list[str]]) -> None:
-            """One running pod per pool: `<prefix>-<pool>-0`, labelled with its pool."""
-            if verb == "patch":
-                name = path.rsplit("/", 1)[-1]
-                return self._json(200, _pod(name, name.split("-")[-2], server.pod_ip))
-            selector = query.get("labelSelector", [""])[0]
-            pool = selector.removeprefix("pdserve.io/pool=")
-            items = [_pod(f"{PREFIX}-{pool}-0", pool, server.pod_ip)]
-            self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
-
-        def _json(self, code: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
+POOLS = ("prefill", "decode")  # the a100-l4 profile's
 
 
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    servers: list[ThreadingHTTPServer] = []
+    """`serve(rules, pod_ip=...)`: a fake API server with one pod per pool, running for the test."""
+    with contextlib.ExitStack() as servers:
 
-    def start(rules: list[dict[str, Any]]) -> tuple[ApiServer, str]:
-        state = ApiServer(rules)
-        http = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-        threading.Thread(target=http.serve_forever, daemon=True).start()
-        servers.append(http)
-        return state, f"http://127.0.0.1:{http.server_address[1]}"
+        def start(rules: list[dict[str, Any]], pod_ip: str | None = None) -> tuple[KubeApi, str]:
+            state = KubeApi(NAMESPACE, deployment_prefix=PREFIX, rules=rules, pod_ip=pod_ip)
+            state.labels = {"app.kubernetes.io/instance": RELEASE}  # the chart's pods carry it
+            for pool in POOLS:
+                state.deployments[f"{PREFIX}-{pool}"] = 1
+                state.add_pod(f"{PREFIX}-{pool}-0", pool)
+            return state, servers.enter_context(serve_api(state))
 
-    yield start
-    for http in servers:
-        http.shutdown()
-        http.server_close()
+        yield start
 
 
 def _actuator_and_rules(
@@ -165,11 +69,16 @@ def _actuator_and_rules(
 
 
 async def _exercise(kube: KubernetesActuator) -> None:
-    """Everything the gateway asks of the actuator: discover, scale up, drain and shrink."""
+    """Everything the gateway asks of the actuator: discover (list, watch), win the Lease
+    (create) and renew it (get, update), scale up, drain and shrink."""
     [replica] = await kube.replicas("decode")
-    await kube.scale("decode", 3, [])
-    await kube.scale("decode", 1, [replica.id])
-    assert await kube.desired_replicas("decode") == 2
+    async with kube.leadership() as elected:
+        assert elected is not None
+        await asyncio.wait_for(elected.wait(True), 10)
+        assert await elected.try_once()  # a renewal
+        await kube.scale("decode", 3, [])
+        await kube.scale("decode", 1, [replica.id])
+        assert await kube.desired_replicas("decode") == 1  # the scale it patched last
 
 
 async def test_the_actuator_needs_every_rule_and_nothing_more(
@@ -203,11 +112,15 @@ async def test_under_keda_the_actuator_never_asks_to_scale(
     state.rules = rules
     try:
         [replica] = await kube.replicas("decode")
-        await kube.scale("decode", 1, [replica.id])
+        async with kube.leadership() as elected:
+            assert elected is not None
+            await asyncio.wait_for(elected.wait(True), 10)
+            await kube.scale("decode", 1, [replica.id])  # KEDA owns the count: nothing
     finally:
         await kube.close()
     assert state.denied == []
-    assert {resource for _, _, resource in state.seen} == {"pods"}
+    assert {resource for _, _, resource in state.seen} == {"pods", "leases"}
+    assert {verb for verb, _, resource in state.seen if resource == "pods"} == {"list", "watch"}
 
 
 async def test_a_missing_rule_is_denied(rendered: dict[str, Objects], serve: Any) -> None:
@@ -215,18 +128,15 @@ async def test_a_missing_rule_is_denied(rendered: dict[str, Objects], serve: Any
     kube, rules = _actuator_and_rules(rendered["a100-l4"], host)
     state.rules = [rule for rule in rules if rule["resources"] != ["deployments/scale"]]
     try:
-        with pytest.raises(client.ApiException) as denied:
-            await kube.scale("decode", 3, [])
+        async with kube.leadership() as elected:
+            assert elected is not None
+            await asyncio.wait_for(elected.wait(True), 10)
+            with pytest.raises(client.ApiException) as denied:
+                await kube.scale("decode", 3, [])
     finally:
         await kube.close()
     assert denied.value.status == 403
     assert state.denied == [("patch", "apps", "deployments/scale")]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _kubeconfig(path: Path, server_url: str) -> Path:
@@ -263,25 +173,25 @@ def _wait_for(check: Any, timeout_s: float, what: str) -> None:
 
 @pytest.mark.parametrize("mode", ["pdserve", "keda"])
 def test_the_real_gateway_runs_with_the_charts_profile_within_its_role(
-    template: Template, values_dir: Path, serve: Any, tmp_path: Path, mode: str
+    template: Template, serve: Any, tmp_path: Path, mode: str
 ) -> None:
-    worker_port = _free_port()  # nothing listens: the pods never turn ready
-    objects = template(
-        values_dir / "a100-l4.yaml", sets=(f"autoscaling.mode={mode}", f"vllm.port={worker_port}")
-    )
+    worker_port = free_port()  # nothing listens: the pods never turn ready
+    values = tmp_path / "values.yaml"
+    rendered = render_values(profiles.load("a100-l4"), Vllm(port=worker_port))
+    values.write_text(yaml.safe_dump(rendered))
+    objects = template(values, sets=(f"autoscaling.mode={mode}",))
     config = named(objects, "ConfigMap", f"{PREFIX}-gateway-profile")
     profile_file = tmp_path / "profile.yaml"
     profile_file.write_text(config["data"]["profile.yaml"])
     [role] = of_kind(objects, "Role")
-    state, api_url = serve(role["rules"])
-    state.pod_ip = "127.0.0.1"
+    state, api_url = serve(role["rules"], pod_ip="127.0.0.1")
     env = {
         **os.environ,
         "HOME": str(tmp_path),
         "KUBECONFIG": str(_kubeconfig(tmp_path / "kube", api_url)),
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pdserve.cli", "gateway", "--profile", str(profile_file)]
     gateway = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
@@ -290,7 +200,8 @@ def test_the_real_gateway_runs_with_the_charts_profile_within_its_role(
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_for(lambda: _get(f"{base}/health") == 200, 90, "the gateway's /health")
-        _wait_for(lambda: ("list", "", "pods") in state.seen, 30, "pod discovery")
+        _wait_for(lambda: ("watch", "", "pods") in state.seen, 30, "pod discovery")
+        _wait_for(lambda: state.lease_holder(f"{PREFIX}-gateway"), 30, "the lease")
         assert _get(f"{base}/ready") == 503  # the decode pod never answers its probe
     finally:
         gateway.terminate()
@@ -300,5 +211,5 @@ def test_the_real_gateway_runs_with_the_charts_profile_within_its_role(
             gateway.kill()
             _, stderr = gateway.communicate(timeout=10)
     assert state.denied == [], stderr[-3000:]
-    scaled = ("patch", "apps", "deployments/scale") in state.seen  # initial replicas applied
-    assert scaled is (mode == "pdserve")
+    if mode == "keda":
+        assert ("patch", "apps", "deployments/scale") not in state.seen

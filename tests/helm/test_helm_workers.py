@@ -1,80 +1,91 @@
-"""The chart's worker commands agree with pdserve's own: vLLM's flags as the workers compose them
-(and as vLLM's parser accepts them), the simulated worker's CLI, and the preStop drain."""
+"""The chart's worker commands are pdserve's own: vLLM's command line exactly as
+`vllm_command` composes it (and as vLLM's parser accepts it), the simulated worker's CLI, and the
+preStop drain."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pdserve import profile as profiles
 from pdserve.cli import build_parser
+from pdserve.helm.render import render_values
 from pdserve.workers.vllm_command import WorkerSpec, vllm_command
+from tests.support.vllm_parser import vllm_server_parser
 
-from .conftest import RELEASE, SHIPPED, Objects, named, worker_container
+from .conftest import (
+    RELEASE,
+    SHIPPED,
+    Objects,
+    Template,
+    chart_profile,
+    named,
+    worker_container,
+)
 
 pytestmark = pytest.mark.integration
 
 PREFIX = f"{RELEASE}-pdserve"
+CHART_ENV = ("POD_IP", "HF_HUB_OFFLINE", "HOME", "VLLM_API_KEY")  # the chart's, not the server's
 VLLM_PROFILES = [name for name in SHIPPED if profiles.load(name).engine.kind.value == "vllm"]
-KV_FLAG = "--kv-transfer-config"
-
-
-def _split_kv_config(args: list[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """The args without the connector JSON, and that JSON parsed (spacing differs)."""
-    if KV_FLAG not in args:
-        return args, None
-    index = args.index(KV_FLAG)
-    return args[:index] + args[index + 2 :], json.loads(args[index + 1])
 
 
 @pytest.mark.parametrize("name", VLLM_PROFILES)
-def test_pod_args_equal_the_workers_vllm_command(rendered: dict[str, Objects], name: str) -> None:
-    loaded = profiles.load(name)
+def test_pod_runs_exactly_the_workers_vllm_command(rendered: dict[str, Objects], name: str) -> None:
+    loaded = chart_profile(name)
     for pool in loaded.pools:
         container = worker_container(named(rendered[name], "Deployment", f"{PREFIX}-{pool}"))
-        model = container["args"][container["args"].index("--model") + 1]
         spec = WorkerSpec.from_profile(loaded, pool, port=8000, side_channel_port=5600)
-        expected = vllm_command(replace(spec, host="0.0.0.0", model=model, python="python3"))
-        assert container["command"] == expected.argv[:3]
-        got_args, got_kv = _split_kv_config(container["args"])
-        want_args, want_kv = _split_kv_config(expected.argv[3:])
-        assert got_args == want_args
-        assert got_kv == want_kv
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        for key, value in expected.env.items():
-            if key != "VLLM_NIXL_SIDE_CHANNEL_HOST":  # the pod IP, from the downward API
-                assert env[key] == value, key
+        model = "/models/tiny" if loaded.model.source == "tiny" else loaded.model.source
+        expected = vllm_command(
+            replace(spec, host="0.0.0.0", side_channel_host="$(POD_IP)", model=model,
+                    python="python3")
+        )  # fmt: skip
+        assert container["command"] + container["args"] == expected.argv  # flag for flag
+        server_env = [e for e in container["env"] if e["name"] not in CHART_ENV]
+        assert server_env == [{"name": k, "value": v} for k, v in expected.env.items()]
+        assert container["env"][0] == {  # defined before the $(POD_IP) that names it
+            "name": "POD_IP",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        }
+
+
+def test_the_chart_composes_no_vllm_flag(template: Template, tmp_path: Path) -> None:
+    """Whatever flags the values carry are the container's, and nothing else: were the chart to
+    add, drop or reorder one (compose flags itself), this would fail."""
+    values = render_values(profiles.load("disaggregated"))
+    made_up = ["--port", "8000", "--tensor-parallel-size", "1", "--made-up-flag", "x y"]
+    for block in values["pools"].values():
+        block["vllm"] = {
+            "command": ["vllm-made-up"],
+            "args": made_up,
+            "env": [{"name": "ONLY", "value": "this"}],
+        }
+    values["pools"]["decode"]["extraArgs"] = ["--after", "all"]
+    path = tmp_path / "made-up.yaml"
+    path.write_text(yaml.safe_dump(values))
+    objects = template(path)
+    for pool, tail in (("prefill", []), ("decode", ["--after", "all"])):
+        container = worker_container(named(objects, "Deployment", f"{PREFIX}-{pool}"))
+        assert container["command"] == ["vllm-made-up"]
+        assert container["args"] == made_up + tail
+        server_env = [e for e in container["env"] if e["name"] not in CHART_ENV]
+        assert server_env == [{"name": "ONLY", "value": "this"}]
 
 
 @pytest.fixture(scope="module")
 def vllm_parse() -> Callable[[list[str]], argparse.Namespace]:
-    """vLLM's own server parser and post-parse checks."""
-    with warnings.catch_warnings():  # torch and vLLM deprecations raised at import time
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from vllm.entrypoints.launchers.cli_args import (
-            make_arg_parser,
-            validate_parsed_serve_args,
-        )
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    parser = make_arg_parser(FlexibleArgumentParser())
-
-    def parse(args: list[str]) -> argparse.Namespace:
-        parsed = parser.parse_args(args)
-        validate_parsed_serve_args(parsed)
-        return parsed
-
-    return parse
+    return vllm_server_parser()
 
 
 def test_a100_l4_pod_args_parse_with_vllms_server_parser(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pdserve import accelerators
 from pdserve import profile as profiles
 
 pytestmark = pytest.mark.unit
@@ -117,6 +118,24 @@ BROKEN = [
         "(top level)",
         "remove the prefill pool",
     ),
+    (
+        "unknown accelerator",
+        lambda d: _set(d, "pools.decode.accelerator", "tpu-v5e"),
+        "pools.decode.accelerator",
+        "unknown accelerator 'tpu-v5e'; use one of cpu, nvidia-a100-80gb, nvidia-l4",
+    ),
+    (
+        "misspelt sim fault",
+        lambda d: _set(d, "pools.prefill.sim_faults", {"cold_strat_s": 2}),
+        "pools.prefill.sim_faults.cold_strat_s",
+        "unknown key; remove it or check its spelling",
+    ),
+    (
+        "negative sim fault",
+        lambda d: _set(d, "pools.prefill.sim_faults", {"prefill_slow_s": -1}),
+        "pools.prefill.sim_faults.prefill_slow_s",
+        "greater than or equal to 0",
+    ),
 ]
 
 
@@ -159,3 +178,25 @@ def test_pool_lookup_by_role() -> None:
     local = profiles.load("local")
     assert local.prefill_pool == "prefill"
     assert local.pool_for(profiles.Role.decode) == "decode"
+
+
+def test_accelerator_names_are_the_registrys(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = profiles.json_schema()["$defs"]["PoolSpec"]["properties"]["accelerator"]
+    assert schema["enum"] == list(accelerators.ACCELERATORS)
+    data = _local()
+    data["pools"]["decode"]["accelerator"] = "nvidia-l4"
+    assert profiles.parse(data, "test").pools["decode"].accelerator == "nvidia-l4"
+    monkeypatch.delitem(accelerators.ACCELERATORS, "nvidia-l4")
+    with pytest.raises(profiles.ProfileError, match="unknown accelerator 'nvidia-l4'"):
+        profiles.parse(data, "test")
+
+
+def test_sim_faults_keep_the_keys_profiles_use() -> None:
+    data = _local()
+    data["pools"]["decode"]["sim_faults"] = {"cold_start_s": 1.5, "refuse": 1, "hang": 0}
+    faults = profiles.parse(data, "test").pools["decode"].sim_faults
+    assert faults.model_dump(exclude_none=True) == {"cold_start_s": 1.5, "hang": 0, "refuse": 1}
+    assert (
+        profiles.parse(_local(), "test").pools["decode"].sim_faults.model_dump(exclude_none=True)
+        == {}
+    )  # no fault unless asked

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pdserve import profile as profiles
 from pdserve.cli import build_parser, main
 from pdserve.workers.checkpoint import CHECKPOINT_VERSION
 from pdserve.workers.cli import worker_spec
+from pdserve.workers.models import serve_model
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +29,12 @@ def spec_for(argv: list[str]):
 
 
 def test_profile_mode_takes_the_pool_from_the_profile(cache: Path) -> None:
-    spec = spec_for(["--profile", "local", "--pool", "decode", "--port", "18150",
+    # as the local actuator launches a worker of `pdserve up --model tiny`: the profile, serving
+    # the seeded tiny model, written to a file
+    tiny_local = serve_model(profiles.load("local"), "tiny").model_dump(mode="json")
+    path = cache / "local-tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_local))
+    spec = spec_for(["--profile", str(path), "--pool", "decode", "--port", "18150",
                      "--side-channel-port", "18550", "--cores", "1"])  # fmt: skip
     assert (spec.role, spec.port, spec.side_channel_port, spec.cores) == (
         "decode",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pdserve.processes import alive
 from pdserve.workers.cli import free_port
-from pdserve.workers.pinning import process_tree
+from pdserve.workers.pinning import tree_pids
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +48,6 @@ RUNNER = textwrap.dedent(
     sys.exit(asyncio.run(run_worker(command, options)))
     """
 )
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def killed(pid: int) -> bool:
@@ -108,7 +101,7 @@ def test_signal_stops_the_whole_tree(signum: int, tmp_path: Path) -> None:
         line = wait_for_line(log, timeout_s=60)
         assert float(line.split("ready in ")[1].split("s")[0]) < 30
         time.sleep(0.5)
-        tree = process_tree(runner.pid)
+        tree = tree_pids(runner.pid)
         assert len(tree) >= 4  # runner, server, its two children (one outside the group)
         for pid in tree:
             assert os.sched_getaffinity(pid) == {core}
@@ -116,7 +109,7 @@ def test_signal_stops_the_whole_tree(signum: int, tmp_path: Path) -> None:
         assert runner.wait(timeout=30) == 0
         # Every member is dead, or killed and not yet run to its end: a SIGKILLed process on
         # a busy core can wait its turn to exit after the launcher's bounded wait.
-        survivors = {pid: _describe(pid) for pid in tree if not gone(pid) and not killed(pid)}
+        survivors = {pid: _describe(pid) for pid in tree if alive(pid) and not killed(pid)}
         assert survivors == {}, _running_on(core)
     finally:
         if runner.poll() is None:

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
+from pdserve.processes import alive, free_port, stop_tree
 from pdserve.workers.launcher import LaunchOptions, WorkerProcess
 from pdserve.workers.pinning import (
     format_cpu_list,
-    parent_of,
     parse_cpu_list,
     pin_tree,
-    process_tree,
     tree_affinity,
+    tree_pids,
 )
 from pdserve.workers.vllm_command import WorkerCommand
 
@@ -38,19 +38,6 @@ def test_cpu_list_round_trip(text: str, cores: set[int]) -> None:
 )
 def test_format_cpu_list(cores: set[int], text: str) -> None:
     assert format_cpu_list(cores) == text
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("line", "ppid"),
-    [
-        ("1234 (python) S 99 1234 1234 0 -1", 99),
-        ("77 (VLLM::Worker) R 12 77 77 0", 12),
-        ("5 (a) b (c)) S 3 5 5", 3),  # a command name holding ") " and spaces
-    ],
-)
-def test_parent_of(line: str, ppid: int) -> None:
-    assert parent_of(line) == ppid
 
 
 # A server with a child process and extra threads: the shape of vLLM's tree, minus vLLM.
@@ -75,21 +62,6 @@ SERVER = textwrap.dedent(
 )
 
 
-def gone(pid: int) -> bool:
-    """Exited (a zombie awaiting its reaper counts as exited)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def free_port() -> int:
-    from pdserve.workers.cli import free_port as pick
-
-    return pick()
-
-
 @pytest.mark.integration
 async def test_launcher_pins_every_thread_waits_for_health_and_stops_the_tree() -> None:
     core = max(os.sched_getaffinity(0))
@@ -104,7 +76,7 @@ async def test_launcher_pins_every_thread_waits_for_health_and_stops_the_tree() 
     try:
         seconds = await worker.wait_ready()
         assert 1.0 <= seconds < 30
-        tree = process_tree(worker.pid)
+        tree = tree_pids(worker.pid)
         assert len(tree) == 2  # the server and its child
         worker.pin()  # threads started since launch
         affinity = tree_affinity(worker.pid)
@@ -113,7 +85,7 @@ async def test_launcher_pins_every_thread_waits_for_health_and_stops_the_tree() 
     finally:
         await worker.stop()
     await asyncio.sleep(0.2)
-    assert all(gone(pid) for pid in tree)
+    assert all(not alive(pid) for pid in tree)
 
 
 @pytest.mark.integration
@@ -154,6 +126,6 @@ def test_pin_tree_moves_only_threads_that_are_off_their_cores() -> None:
         assert pin_tree(proc.pid, [cores[0]]) == 0  # already there
         assert set(map(frozenset, tree_affinity(proc.pid).values())) == {frozenset({cores[0]})}
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
-    assert process_tree(proc.pid) == []
+        stop_tree(proc.pid, grace_s=5)
+        proc.wait(timeout=10)  # reap it
+    assert tree_pids(proc.pid) == []

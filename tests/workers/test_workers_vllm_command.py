@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +15,7 @@ from pdserve.workers.vllm_command import (
     omp_threads_bind,
     vllm_command,
 )
+from tests.support.vllm_parser import vllm_server_parser
 
 pytestmark = pytest.mark.unit
 
@@ -24,22 +24,12 @@ MODULE = "vllm.entrypoints.openai.api_server"
 
 @pytest.fixture(scope="module")
 def vllm_parse() -> Callable[[list[str]], argparse.Namespace]:
-    """vLLM's server parser and its post-parse validation, as the server itself runs them."""
-    with warnings.catch_warnings():  # torch and vLLM deprecations raised at import time
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from vllm.entrypoints.launchers.cli_args import (
-            make_arg_parser,
-            validate_parsed_serve_args,
-        )
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = make_arg_parser(FlexibleArgumentParser())
+    """vLLM's server parser over a whole pdserve argv (`python -m <server module> ...`)."""
+    parse_args = vllm_server_parser()
 
     def parse(argv: list[str]) -> argparse.Namespace:
         assert argv[1:3] == ["-m", MODULE]
-        args = parser.parse_args(argv[3:])
-        validate_parsed_serve_args(args)
-        return args
+        return parse_args(argv[3:])
 
     return parse
 
@@ -132,7 +122,7 @@ def test_from_the_local_profile(
     worker = WorkerSpec.from_profile(local, pool, port=18110, side_channel_port=18510, cores=cores)
     assert (worker.role, worker.model, worker.cores, worker.kv_connector) == (
         role,
-        "tiny",
+        "smollm2",  # the profile's model source; `pdserve worker` resolves it to the cache
         cores,
         connector,
     )
