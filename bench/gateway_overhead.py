@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,34 +28,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pdserve.actuators.local import free_port
+from pdserve.stack import stack
 
 PROFILE = Path(__file__).parent / "profiles" / "gateway-overhead.yaml"
 BODY = {"model": "tiny", "prompt": "hello", "max_tokens": 1, "temperature": 0}
 STREAM_BODY = {**BODY, "max_tokens": 16, "stream": True}
 WARM_UP = 20
-READY_TIMEOUT_S = 120.0
 
 
-def start_gateway(port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "pdserve.cli", "up", "--profile", str(PROFILE)]
-    command += ["--port", str(port)]
-    env = {**os.environ, "PDSERVE_API_KEYS": "", "PDSERVE_ADMIN_TOKEN": ""}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
-async def wait_worker_url(gateway: str) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+async def worker_url(gateway: str) -> str:
+    """The decode pool's one worker, for the direct side of each comparison."""
     async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{gateway}/ready")).status_code == 200:
-                    pools = (await client.get(f"{gateway}/admin/pools")).json()
-                    return str(pools["decode"]["endpoints"][0]["url"])
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"gateway at {gateway} not ready within {READY_TIMEOUT_S} s")
+        pools = (await client.get(f"{gateway}/admin/pools")).json()
+    return str(pools["decode"]["endpoints"][0]["url"])
 
 
 async def one(client: httpx.AsyncClient, url: str) -> float:
@@ -146,7 +129,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(args: argparse.Namespace, gateway: str, pid: int) -> dict[str, float]:
-    direct = await wait_worker_url(gateway)
+    direct = await worker_url(gateway)
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(args.idle)  # no traffic: what the health and metrics probes cost
     idle_cpu_s = cpu_seconds(pid) - cpu_before
@@ -208,13 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    port = free_port()
-    process = start_gateway(port)
-    try:
-        result = asyncio.run(measure(args, f"http://127.0.0.1:{port}", process.pid))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    with stack(PROFILE, env={"PDSERVE_API_KEYS": "", "PDSERVE_ADMIN_TOKEN": ""}) as running:
+        result = asyncio.run(measure(args, running.base_url, running.process.pid))
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -5,6 +5,10 @@ vLLM's own per-request `vllm:nixl_xfer_time_seconds` from a prefill/decode pair.
     python bench/kv_transfer.py                           # raw NIXL, 1..512 MiB
     python bench/kv_transfer.py --vllm                    # + a P/D pair started here
     python bench/kv_transfer.py --vllm --prefill-url URL --decode-url URL   # a running pair
+    python bench/kv_transfer.py --vllm --skip-raw --model smollm2 --out run.json  # real model
+
+`--model` (default tiny) is served by the pair; prompt lengths are that model's tokens (token-id
+prompts cut from English text with its tokenizer; tiny's byte-level one: random characters).
 
 The raw part registers torch tensors in DRAM (or VRAM with --device cuda), lets a second
 process READ them over NIXL, and times a memcpy of the same bytes in the same run. The ratio
@@ -14,13 +18,18 @@ process READ them over NIXL, and times a memcpy of the same bytes in the same ru
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+
+from pdserve.processes import free_port, stop_tree
+from pdserve.workers.sim.launch import wait_healthy
 
 MiB = 1 << 20
 
@@ -157,9 +166,10 @@ def run_raw(sizes: list[int], iterations: int, device: str, cores: list[int]) ->
         return result_out.recv()
     finally:
         for process in (initiator, target):
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+            process.join(timeout=30)  # each exits once the other is done
+            if process.pid is not None and process.is_alive():
+                stop_tree(process.pid, grace_s=5)
+                process.join(timeout=1)  # reap it
 
 
 def print_raw(results: list[RawResult], device: str) -> None:
@@ -191,17 +201,29 @@ def scrape(url: str) -> dict[str, float]:
     return totals
 
 
-def one_hop(prefill_url: str, decode_url: str, length: int, salt: str) -> dict[str, float]:
-    """One P/D request of `length` prompt tokens; the decode worker's NIXL metric deltas."""
+def prompt(model: str, length: int, salt: str) -> str | list[int]:
+    """`length` prompt tokens of `model`, different for each `salt` (no prefix-cache hits)."""
     import random
 
+    rng = random.Random(f"{salt}/{length}")
+    if model == "tiny":  # the tiny tokenizer: one token per character
+        return "".join(chr(rng.randrange(32, 127)) for _ in range(length))
+    from bench.model_timing import prompt_ids
+    from pdserve.workers.checkpoint import ensure_model
+
+    return prompt_ids(ensure_model(model), length, rng.randrange(10_000))
+
+
+def one_hop(
+    prefill_url: str, decode_url: str, length: int, salt: str, model: str = "tiny"
+) -> dict[str, float]:
+    """One P/D request of `length` prompt tokens; the decode worker's NIXL metric deltas."""
     import httpx
 
     from pdserve.disagg import decode_request, prefill_request
 
-    rng = random.Random(f"{salt}/{length}")  # the tiny tokenizer: one token per character
-    body = {"model": "tiny", "max_tokens": 2, "temperature": 0,
-            "prompt": "".join(chr(rng.randrange(32, 127)) for _ in range(length))}  # fmt: skip
+    body = {"model": model, "max_tokens": 2, "temperature": 0,
+            "prompt": prompt(model, length, salt)}  # fmt: skip
     before = scrape(decode_url)
     with httpx.Client(timeout=300) as client:
         started = time.perf_counter()
@@ -220,11 +242,18 @@ def one_hop(prefill_url: str, decode_url: str, length: int, salt: str) -> dict[s
     }
 
 
-def run_vllm(prefill_url: str | None, decode_url: str | None, lengths: list[int], repeats: int):
+def run_vllm(
+    prefill_url: str | None,
+    decode_url: str | None,
+    lengths: list[int],
+    repeats: int,
+    model: str = "tiny",
+) -> list[dict[str, float]]:
     pair = None
     if not (prefill_url and decode_url):
-        pair = start_pair()
+        pair = start_pair(model=model)
         prefill_url, decode_url = pair.urls
+    table = []
     try:
         print("\nvLLM NixlConnector, decode worker's vllm:nixl_xfer_time_seconds per request")
         print(
@@ -232,8 +261,9 @@ def run_vllm(prefill_url: str | None, decode_url: str | None, lengths: list[int]
             f"{'decode ms':>9}"
         )
         for length in lengths:
-            rows = [one_hop(prefill_url, decode_url, length, f"{time.time()}-{i}")
+            rows = [one_hop(prefill_url, decode_url, length, f"{time.time()}-{i}", model)
                     for i in range(repeats)]  # fmt: skip
+            table.append({"prompt_tokens": length, "runs": rows})
             xfer = statistics.median(row["xfer_s"] for row in rows)
             size = statistics.median(row["bytes"] for row in rows)
             rate = size / xfer / 1e9 if xfer else 0.0
@@ -243,70 +273,46 @@ def run_vllm(prefill_url: str | None, decode_url: str | None, lengths: list[int]
     finally:
         if pair is not None:
             pair.stop()
+    return table
 
 
 @dataclass
 class Pair:
-    processes: list
+    processes: list[subprocess.Popen[bytes]]
     urls: tuple[str, str]
 
     def stop(self) -> None:
-        import signal
-        import subprocess
-
         for process in self.processes:
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_tree(process.pid, grace_s=60)  # a vLLM server drains, then exits
+            process.poll()  # reap it
 
 
-def start_pair(timeout_s: float = 400.0) -> Pair:
-    """A prefill (core 0) and a decode (core 1) worker of the tiny model, via pdserve worker."""
-    import subprocess
+def worker_argv(role: str, port: int, core: int, model: str = "tiny") -> list[str]:
+    """`pdserve worker` of `model` in `role` on one core."""
+    command = [sys.executable, "-m", "pdserve.cli", "worker", "--role", role, "--model", model]
+    return [*command, "--port", str(port), "--cores", str(core)]
 
-    import httpx
 
-    from pdserve.workers.cli import free_port
-
-    ports = [free_port(), free_port()]
+def start_pair(timeout_s: float = 400.0, model: str = "tiny") -> Pair:
+    """A prefill (core 0) and a decode (core 1) worker of `model`, via pdserve worker."""
+    ports = (free_port(), free_port())
     processes = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pdserve.cli",
-                "worker",
-                "--role",
-                role,
-                "--model",
-                "tiny",
-                "--port",
-                str(port),
-                "--cores",
-                str(core),
-            ],
+            worker_argv(role, port, core, model),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             process_group=0,
-        )  # fmt: skip
+        )
         for role, port, core in (("prefill", ports[0], 0), ("decode", ports[1], 1))
     ]
     pair = Pair(processes, (f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"))
     deadline = time.monotonic() + timeout_s
-    for url in pair.urls:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                pair.stop()
-                raise RuntimeError(f"P/D pair did not start ({url})")
-            time.sleep(1)
+    try:
+        for url, process in zip(pair.urls, processes, strict=True):
+            wait_healthy(url, max(deadline - time.monotonic(), 0.0), process)
+    except (RuntimeError, TimeoutError) as exc:
+        pair.stop()
+        raise RuntimeError(f"P/D pair did not start: {exc}") from None
     return pair
 
 
@@ -319,6 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vllm", action="store_true", help="also vLLM's per-request xfer time")
     parser.add_argument("--prefill-url", default=None, help="a running prefill worker")
     parser.add_argument("--decode-url", default=None, help="a running decode worker")
+    parser.add_argument("--model", default="tiny", help="the pair's model (tiny, smollm2, ...)")
+    parser.add_argument("--skip-raw", action="store_true", help="only the vLLM part")
+    parser.add_argument("--out", default=None, help="JSON file of the run")
     return parser.parse_args(argv)
 
 
@@ -327,11 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     top = args.max_mib or (256 if args.quick else 512)
     sizes = [MiB << shift for shift in range(0, 10) if (1 << shift) <= top]
     cores = [int(c) for c in args.cores.split(",") if c.strip()]
-    results = run_raw(sizes, iterations=3 if args.quick else 7, device=args.device, cores=cores)
-    print_raw(results, args.device)
+    results = []
+    if not args.skip_raw:
+        results = run_raw(sizes, 3 if args.quick else 7, device=args.device, cores=cores)
+        print_raw(results, args.device)
+    hops: list[dict[str, float]] = []
     if args.vllm:
         lengths = [128, 512, 2000] if args.quick else [128, 256, 512, 1024, 2000]
-        run_vllm(args.prefill_url, args.decode_url, lengths, repeats=2 if args.quick else 4)
+        hops = run_vllm(
+            args.prefill_url, args.decode_url, lengths, 2 if args.quick else 4, args.model
+        )
+    if args.out:
+        run = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "raw": [vars(row) for row in results], "vllm": hops}  # fmt: skip
+        with open(args.out, "w") as handle:
+            json.dump(run, handle, indent=2)
     return 0
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -49,6 +50,9 @@ class Target:
     # prompts are numbered from here: runs with different bases share no prompt (and no
     # prefix-cache hits) on the same server
     first_seq: int = 1
+    # a real model's tokenizer (tokenizers.Tokenizer): prompts are then token-id lists of exactly
+    # the drawn length in its tokens, instead of text at chars_per_token
+    tokenizer: Any = None
 
 
 @dataclass
@@ -89,6 +93,10 @@ def completion_body(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if target.tokenizer is not None:  # words average under 8 characters a token
+        text = prompt_text(prompt_tokens, seq, 8.0)
+        ids = target.tokenizer.encode(text, add_special_tokens=False).ids
+        body["prompt"] = ids[: max(1, int(prompt_tokens))]
     if target.ignore_eos:
         body["ignore_eos"] = True
     return body
@@ -263,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     parser.add_argument("--model", default="tiny")
+    _add_arrival_arguments(parser)
+    _add_limit_arguments(parser)
+    _add_prompt_arguments(parser)
+    parser.add_argument("--out", default="bench/results/load", help="output directory")
+    parser.add_argument("--quick", action="store_true", help="20 s, at most 40 requests")
+    return parser
+
+
+def _add_arrival_arguments(parser: argparse.ArgumentParser) -> None:
+    """When requests arrive, and which classes they are."""
     parser.add_argument(
         "--arrival",
         choices=["poisson", "bursty", "fixed", "trace", "none"],
@@ -275,11 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", help="CSV trace with columns t,prompt_tokens,output_tokens")
     parser.add_argument("--mix", default="chat=0.6,rag=0.3,gen=0.1", help="class weights")
     parser.add_argument("--streams", default="", help="closed-loop streams, e.g. chat=4")
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long the run sends and drains, and the bounds goodput counts against."""
     parser.add_argument("--duration", type=float, default=60.0, help="send for this long, s")
     parser.add_argument("--max-requests", type=int, default=10_000)
     parser.add_argument("--drain", type=float, default=60.0, help="wait for in-flight, s")
     parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT bound, s")
     parser.add_argument("--slo-itl", type=float, default=None, help="mean ITL (TPOT) bound, s")
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """How prompts are written and numbered."""
     parser.add_argument(
         "--chars-per-token",
         type=float,
@@ -299,9 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of the first prompt (default: from the clock, so that repeated runs "
         "against one server do not hit its prefix cache)",
     )
-    parser.add_argument("--out", default="bench/results/load", help="output directory")
-    parser.add_argument("--quick", action="store_true", help="20 s, at most 40 requests")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.sim.engine import SimResult
-from bench.sim.replicas import itl_bin_upper
+from bench.clustersim.events import SimResult
+from bench.clustersim.replicas import itl_bin_upper
 
 
 def gpu_seconds(result: SimResult) -> float:

@@ -1,4 +1,4 @@
-"""`python -m bench.sim compare|scale`: autoscaling policies and layouts on one trace, or the
+"""`python -m bench.clustersim compare|scale`: autoscaling policies and layouts on one trace, or the
 simulator's own speed at 1,000 replicas and 1,000,000 requests."""
 
 from __future__ import annotations
@@ -6,19 +6,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.clustersim import scenarios
+from bench.clustersim.config import ColdStart, Scaler, SimConfig, SimResult
+from bench.clustersim.events import simulate
+from bench.clustersim.results import peak_replicas, summarize
+from bench.clustersim.scalers import HpaScaler, PdserveScaler, StaticScaler, qps_scaler
 from bench.report import markdown_table, write_json
-from bench.sim import scenarios
-from bench.sim.engine import ColdStart, Scaler, SimConfig, SimResult, simulate
-from bench.sim.results import peak_replicas, summarize
-from bench.sim.scalers import HpaScaler, PdserveScaler, StaticScaler, qps_scaler
 from bench.workload import Requests
-from pdserve import hardware, profile
+from pdserve import profile
 from pdserve.profile import Profile, Role
+from pdserve.workers.sim import roofline as hardware
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 DISAGG = PROFILES / "sim-a100-l4.yaml"
@@ -51,14 +54,14 @@ def run_one(
     requests: Requests,
     scaler: Scaler,
     args: argparse.Namespace,
-    hold_at_capacity: int | None = None,
+    late_binding: bool = True,
 ) -> tuple[SimResult, dict[str, Any], float]:
     config = SimConfig(
         prof,
         model,
         ColdStart(provision_s=args.provision_s),
         seed=args.seed,
-        hold_at_capacity=hold_at_capacity,
+        late_binding=late_binding,
     )
     started = time.perf_counter()
     result = simulate(config, requests, scaler)
@@ -66,37 +69,75 @@ def run_one(
     return result, summarize(result, args.slo_ttft, args.slo_tpot), wall
 
 
+def with_levers(
+    prof: Profile, headroom: dict[str, int] | None = None, deadline_s: float | None = None
+) -> Profile:
+    """The profile with pools' `scaling.headroom` and the gateway's `start_deadline_s` set."""
+    pools = {
+        name: spec.model_copy(
+            update={"scaling": spec.scaling.model_copy(update={"headroom": headroom[name]})}
+        )
+        if headroom and name in headroom
+        else spec
+        for name, spec in prof.pools.items()
+    }
+    gateway = prof.gateway
+    if deadline_s is not None:
+        gateway = gateway.model_copy(update={"start_deadline_s": deadline_s})
+    return prof.model_copy(update={"pools": pools, "gateway": gateway})
+
+
+def _run_row(job: tuple) -> tuple[dict[str, Any], SimResult]:
+    layout, name, prof, scaler, late_binding, args, requests = job
+    model = hardware.model_cost(args.model)
+    result, summary, wall = run_one(prof, model, requests, scaler, args, late_binding)
+    print(
+        f"  {layout:<18} {name:<34} {wall:6.1f} s  SLO {summary['slo_attainment']:.3f}"
+        f"  ${summary['cost_usd']:.2f}",
+        flush=True,
+    )
+    return {"layout": layout, "policy": name, "sim_wall_s": wall, **summary}, result
+
+
 def compare(args: argparse.Namespace) -> int:
     model = hardware.model_cost(args.model)
     requests = scenarios.build(args.scenario, args.rate, args.duration, args.seed, trace=args.trace)
     disagg, unified = profile.load(str(DISAGG)), profile.load(str(UNIFIED))
-    rows: list[dict[str, Any]] = []
-    timelines: dict[str, SimResult] = {}
-
-    def record(
-        layout: str, prof: Profile, scaler: Scaler, name: str, hold: int | None = None
-    ) -> SimResult:
-        result, summary, wall = run_one(prof, model, requests, scaler, args, hold)
-        rows.append({"layout": layout, "policy": name, "sim_wall_s": wall, **summary})
-        timelines[f"{layout} / {name}"] = result
-        print(
-            f"  {layout:<22} {name:<12} {wall:6.1f} s  SLO {summary['slo_attainment']:.3f}"
-            f"  ${summary['cost_usd']:.2f}",
-            flush=True,
-        )
-        return result
-
     print(f"{args.scenario}: {len(requests)} requests over {args.duration:g} s")
-    reference = record("A100 prefill + L4", disagg, PdserveScaler(), "pdserve")
-    record("A100 prefill + L4", disagg, HpaScaler(), "hpa-gpu-util")
-    record("A100 prefill + L4", disagg, qps_scaler(qps_targets(disagg, model, requests)), "hpa-qps")
-    record("A100 prefill + L4", disagg, StaticScaler(peak_replicas(reference)), "static-peak")
-    cap = disagg.engine.max_num_seqs  # what-if: the gateway holds beyond a full batch
-    record("A100 prefill + L4", disagg, PdserveScaler(), f"pdserve, hold@{cap}", cap)
-    unified_ref = record("A100 aggregated", unified, PdserveScaler(), "pdserve")
-    cap = unified.engine.max_num_seqs
-    record("A100 aggregated", unified, PdserveScaler(), f"pdserve, hold@{cap}", cap)
-    record("A100 aggregated", unified, StaticScaler(peak_replicas(unified_ref)), "static-peak")
+    split, agg = "A100 prefill + L4", "A100 aggregated"
+    first = [
+        (split, "pdserve", disagg, PdserveScaler(), True),
+        (agg, "pdserve", unified, PdserveScaler(), True),
+    ]
+    done = [_run_row((*job, args, requests)) for job in first]
+    reference, unified_ref = (result for _, result in done)
+    headroom = dict(zip(("prefill", "decode"), args.headroom, strict=True))
+    room = "+".join(str(n) for n in args.headroom)
+    deadline = args.deadline
+    levers = with_levers(disagg, headroom, deadline)
+    jobs = [
+        (split, "hpa-gpu-util", disagg, HpaScaler(), True),
+        (split, "hpa-qps", disagg, qps_scaler(qps_targets(disagg, model, requests)), True),
+        (split, "static-peak", disagg, StaticScaler(peak_replicas(reference)), True),
+        (split, "pdserve, gateway before issue 18", disagg, PdserveScaler(), False),
+        (split, f"pdserve + headroom {room}", with_levers(disagg, headroom), PdserveScaler(), True),
+        (
+            split,
+            f"pdserve + deadline {deadline:g} s",
+            with_levers(disagg, None, deadline),
+            PdserveScaler(),
+            True,
+        ),
+        (split, "pdserve + headroom + deadline", levers, PdserveScaler(), True),
+        (split, "  the same, no late binding", levers, PdserveScaler(), False),
+        (agg, "pdserve, gateway before issue 18", unified, PdserveScaler(), False),
+        (agg, "static-peak", unified, StaticScaler(peak_replicas(unified_ref)), True),
+    ]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        done += list(pool.map(_run_row, [(*job, args, requests) for job in jobs]))
+    order = [0, *range(2, 6), *range(6, 10), 1, 10, 11]
+    rows = [done[i][0] for i in order]
+    timelines = {f"{done[i][0]['layout']} / {done[i][0]['policy']}": done[i][1] for i in (0, 1, 8)}
     return _write(args, rows, timelines, requests)
 
 
@@ -192,16 +233,7 @@ def _plot(timelines: dict[str, SimResult], requests: Requests, path: Path, title
 def scale(args: argparse.Namespace) -> int:
     """1,000 replicas (200 A100 prefill + 800 L4 decode) serving `--requests` requests."""
     model = hardware.model_cost(args.model)
-    base = profile.load(str(DISAGG))
-    pools = {
-        "prefill": base.pools["prefill"].model_copy(
-            update={"replicas": profile.Replicas(min=200, max=400, initial=200)}
-        ),
-        "decode": base.pools["decode"].model_copy(
-            update={"replicas": profile.Replicas(min=800, max=1600, initial=800)}
-        ),
-    }
-    prof = base.model_copy(update={"pools": pools})
+    prof = _thousand_replicas(profile.load(str(DISAGG)))
     duration = args.requests / args.rate
     started = time.perf_counter()
     requests = scenarios.build("steady", args.rate, duration, args.seed)
@@ -232,8 +264,21 @@ def scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thousand_replicas(base: Profile) -> Profile:
+    """`base` with 200 prefill and 800 decode replicas at start (room to double each)."""
+    pools = {
+        "prefill": base.pools["prefill"].model_copy(
+            update={"replicas": profile.Replicas(min=200, max=400, initial=200)}
+        ),
+        "decode": base.pools["decode"].model_copy(
+            update={"replicas": profile.Replicas(min=800, max=1600, initial=800)}
+        ),
+    }
+    return base.model_copy(update={"pools": pools})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.clustersim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="autoscaling policies and layouts on one trace")
     cmp.add_argument("--scenario", choices=scenarios.SCENARIOS, default="burst")
@@ -241,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--duration", type=float, default=3600.0, help="seconds of traffic")
     cmp.add_argument("--trace", help="CSV trace (scenario trace)")
     cmp.add_argument("--quick", action="store_true", help="a 1,200 s run")
+    cmp.add_argument(
+        "--headroom",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(2, 8),
+        help="the headroom lever's spare replicas: prefill,decode",
+    )
+    cmp.add_argument(
+        "--deadline", type=float, default=2.0, help="the early-refusal lever's start deadline, s"
+    )
+    cmp.add_argument("--jobs", type=int, default=2, help="simulations run at once")
     cmp.set_defaults(handler=compare)
     big = sub.add_parser("scale", help="the simulator's speed at 1,000 replicas")
     big.add_argument("--requests", type=int, default=1_000_000)

@@ -20,7 +20,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from bench.sim.engine import PoolState, TickView
+from bench.clustersim.config import PoolState, TickView
 from pdserve.policies.autoscaling import AutoscaleState, decide
 from pdserve.pools.snapshot import PoolSnapshot
 
@@ -101,6 +101,7 @@ def qps_scaler(targets: dict[str, float]) -> HpaScaler:
 class StaticScaler:
     counts: dict[str, int]
     name: str = "static-peak"
+    scales: bool = False  # the gateway knows no replica is coming beyond these
 
     def __call__(self, pool: PoolState, snapshot: PoolSnapshot, view: TickView) -> tuple[int, str]:
         desired = self.counts[pool.name]

@@ -1,5 +1,5 @@
 """Simulated replicas: a prefill replica (a FIFO of prompts) and a decode replica (continuous
-batching with mixed prefill steps), each timed by pdserve.hardware's roofline model.
+batching with mixed prefill steps), each timed by pdserve.workers.sim.roofline's roofline model.
 
 Nothing here emits per-token events. A decode replica keeps a token-progress counter `progress`
 that advances by elapsed time / step time while its batch is unchanged; each running sequence
@@ -14,8 +14,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from pdserve.hardware import Accelerator, ModelCost, prefill_step_seconds, step_seconds
 from pdserve.policies.types import ReplicaLoad
+from pdserve.workers.sim.roofline import Accelerator, ModelCost, prefill_step_seconds, step_seconds
 
 EPS = 1e-9
 CONTEXT_BITS = 4
@@ -48,13 +48,26 @@ class Ledger:
     route_disagg: list[bool]
     dropped: list[str | None]
     itl_hist: dict[int, float] = field(default_factory=dict)  # log bin -> tokens
+    diverted: list[bool] = field(default_factory=list)  # meant for the prefill pool, not there
     done: int = 0  # requests finished or dropped
     local_prefill_tokens: int = 0  # prompts on decode replicas awaiting prefill, all replicas
+    decoding: int = 0  # sequences in decode batches, all decode replicas
+    diverted_requests: int = 0  # long prompts prefilled locally (or held for that), no first
+    diverted_tokens: int = 0  # token yet: they count toward the prefill pool's demand
 
     @classmethod
     def empty(cls, n: int) -> Ledger:
         nan = math.nan
-        return cls([nan] * n, [nan] * n, [False] * n, [None] * n)
+        return cls([nan] * n, [nan] * n, [False] * n, [None] * n, diverted=[False] * n)
+
+    def divert(self, idx: int, tokens: int, on: bool) -> None:
+        """Count (or stop counting) request `idx` toward the prefill pool it was meant for."""
+        if self.diverted[idx] == on:
+            return
+        self.diverted[idx] = on
+        sign = 1 if on else -1
+        self.diverted_requests += sign
+        self.diverted_tokens += sign * tokens
 
     def add_itl(self, step_s: float, tokens: float) -> None:
         key = itl_bin(step_s)
@@ -231,6 +244,7 @@ class DecodeReplica:
             target, idx, prompt, joined, reserve = heapq.heappop(running)
             done_at = now + (target - self.progress) * self.step_s
             ledger.finish[idx] = done_at
+            ledger.decoding -= 1
             # a joined sequence's first token was estimated one step ahead; a shorter step since
             # can finish a one-token request sooner
             ledger.first_token[idx] = min(ledger.first_token[idx], done_at)
@@ -242,12 +256,14 @@ class DecodeReplica:
     def _join(self, idx: int, prompt: int, steps: int, reserve: int) -> None:
         entry = (self.progress + steps, idx, prompt, self.progress, reserve)
         heapq.heappush(self.running, entry)
+        self.ledger.decoding += 1
         self.ctx_prompt += prompt
         self.sum_join += self.progress
 
     def _end_segment(self, now: float) -> None:
         for idx, prompt, output in self.segment:
             self.ledger.first_token[idx] = now
+            self.ledger.divert(idx, prompt, False)  # its first token: no longer pending
             self.local_tokens -= prompt
             self.ledger.local_prefill_tokens -= prompt
             if output <= 1:
