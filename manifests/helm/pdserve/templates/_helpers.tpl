@@ -39,55 +39,117 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
-{{/* "true" when the pools run vLLM's NixlConnector: any pool but a unified one in a standard
-profile (pdserve/workers/vllm_command.py decides the same for local workers). */}}
-{{- define "pdserve.nixl" -}}
-{{- if or (eq (default "disaggregated" .root.Values.profile.routing.mode) "disaggregated") (ne .pool.role "both") -}}
-true
-{{- end -}}
-{{- end -}}
-
-{{/* UCX transports: the profile's, else tcp for the `tcp` backend, else UCX's own choice. */}}
-{{- define "pdserve.ucxTls" -}}
-{{- $kv := default dict .Values.profile.kv_transfer -}}
-{{- if $kv.ucx_tls -}}
-{{- $kv.ucx_tls -}}
-{{- else if eq (default "nixl" $kv.backend) "tcp" -}}
-tcp
-{{- end -}}
-{{- end -}}
-
 {{/* The serving profile the gateway loads: the values' profile block, each pool's profile keys,
 and the kubernetes actuator pointed at this release's Deployments. */}}
 {{- define "pdserve.profile" -}}
 {{- $pools := dict -}}
 {{- range $name, $pool := .Values.pools -}}
-{{- $spec := pick $pool "role" "accelerator" "replicas" "scaling" -}}
+{{- $spec := pick $pool "role" "model" "accelerator" "replicas" "scaling" "engine" -}}
 {{- $_ := set $spec "tensor_parallel_size" (default 1 $pool.tensorParallelSize) -}}
 {{- $_ := set $pools $name $spec -}}
 {{- end -}}
 {{- $gateway := merge (dict "host" "0.0.0.0") (deepCopy (default dict .Values.profile.gateway)) -}}
 {{- $kubernetes := dict "namespace" .Release.Namespace "deployment_prefix" (include "pdserve.fullname" .) "pool_label" "pdserve.io/pool" "port" .Values.vllm.port "manage_replicas" (eq .Values.autoscaling.mode "pdserve") -}}
+{{- $election := default dict .Values.gateway.leaderElection -}}
+{{- $_ := set $kubernetes "lease_name" (include "pdserve.leaseName" .) -}}
+{{- $_ := set $kubernetes "pod_labels" (dict "app.kubernetes.io/instance" .Release.Name) -}}
+{{- $_ := set $kubernetes "lease_duration_s" (int (default 15 $election.leaseDurationSeconds)) -}}
+{{- $_ := set $kubernetes "lease_retry_s" (default 2 $election.retryPeriodSeconds) -}}
 {{- $actuator := dict "kind" "kubernetes" "kubernetes" $kubernetes -}}
 {{- $profile := merge (dict "pools" $pools "gateway" $gateway "actuator" $actuator) (deepCopy .Values.profile) -}}
 {{- toYaml $profile -}}
 {{- end -}}
 
-{{/* Replicas a pool's workload starts with; on upgrade an autoscaler's count is kept. Args:
-dict "root" $ "name" <object name> "pool" <pool values> "kind" <Deployment|LeaderWorkerSet>. */}}
+{{/* Replicas a pool's workload is created with, rendered only under autoscaling.mode none:
+when an autoscaler owns the count the chart leaves `spec.replicas` out, so neither an upgrade
+nor a GitOps sync resets it. Args: the pool's values. */}}
 {{- define "pdserve.poolReplicas" -}}
-{{- $replicas := default dict .pool.replicas -}}
+{{- $replicas := default dict .replicas -}}
 {{- $start := 1 -}}
 {{- if hasKey $replicas "min" -}}{{- $start = $replicas.min -}}{{- end -}}
 {{- if not (kindIs "invalid" $replicas.initial) -}}{{- $start = $replicas.initial -}}{{- end -}}
-{{- if ne .root.Values.autoscaling.mode "none" -}}
-{{- $api := ternary "leaderworkerset.x-k8s.io/v1" "apps/v1" (eq .kind "LeaderWorkerSet") -}}
-{{- $existing := lookup $api .kind .root.Release.Namespace .name -}}
-{{- if and $existing (hasKey (default dict $existing.spec) "replicas") -}}
-{{- $start = $existing.spec.replicas -}}
-{{- end -}}
-{{- end -}}
 {{- int $start -}}
+{{- end -}}
+
+{{/* Pod Security "restricted" (pdserve/helm/values.py holds the same defaults; a test keeps
+them equal): a pod or container that does not set its own gets these. */}}
+{{- define "pdserve.restrictedPod" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+fsGroup: 1000
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "pdserve.gatewayStrategy" -}}
+type: RollingUpdate
+rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+{{- end -}}
+
+{{- define "pdserve.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* `.values.<.key>` when set, else the named template's default. Args: dict "values" <map>
+"key" <key> "default" <template name>; a YAML mapping. */}}
+{{- define "pdserve.orDefault" -}}
+{{- if hasKey .values .key -}}
+{{- toYaml (get .values .key) -}}
+{{- else -}}
+{{- include .default . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod-level escape hatches shared by pools and the gateway (PodSettings in
+pdserve/helm/values.py). Args: dict "root" $ "settings" <pool or gateway values>. */}}
+{{- define "pdserve.podSettings" -}}
+{{- $s := .settings -}}
+{{- with concat (default list .root.Values.imagePullSecrets) (default list $s.imagePullSecrets) }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $s.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+securityContext:
+  {{- include "pdserve.orDefault" (dict "values" $s "key" "podSecurityContext" "default" "pdserve.restrictedPod") | nindent 2 }}
+{{- with $s.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A secret's value: the existing Secret's (kept across upgrades) or a new random one.
+Args: dict "root" $ "name" <Secret name> "key" <key>; base64, as a Secret's data holds it. */}}
+{{- define "pdserve.secretData" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- if and $existing (hasKey (default dict $existing.data) .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randAlphaNum 48 | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key of the admin token / the workers' API key. Args: $ and "admin" | "worker". */}}
+{{- define "pdserve.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "pdserve.fullname" .)) .Values.gateway.adminToken.existingSecret -}}
+{{- end -}}
+
+{{- define "pdserve.workerKeySecretName" -}}
+{{- default (printf "%s-worker-key" (include "pdserve.fullname" .)) .Values.gateway.workerApiKey.existingSecret -}}
+{{- end -}}
+
+{{- define "pdserve.workerKeyEnv" -}}
+- name: VLLM_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pdserve.workerKeySecretName" . }}
+      key: {{ .Values.gateway.workerApiKey.key }}
+{{- end -}}
+
+{{- define "pdserve.leaseName" -}}
+{{- printf "%s-gateway" (include "pdserve.fullname" .) -}}
 {{- end -}}
 
 {{/* preStop: give the gateway a moment to see the pod terminating, then wait until vLLM has no
@@ -107,79 +169,37 @@ while time.monotonic() < deadline:
     time.sleep(2)
 {{- end -}}
 
-{{/* vLLM server flags for one pool, in the order pdserve/workers/vllm_command.py composes them
-for local workers (a test holds the two equal). Args: dict "root" $ "name" <pool> "pool" <values>. */}}
-{{- define "pdserve.vllmArgs" -}}
-{{- $v := .root.Values -}}
-{{- $model := $v.profile.model -}}
-{{- $engine := $v.profile.engine -}}
-{{- $kv := default dict $v.profile.kv_transfer -}}
-- --model
-- {{ include "pdserve.modelPath" .root | quote }}
-- --served-model-name
-- {{ $model.name | quote }}
-- --host
-- "0.0.0.0"
-- --port
-- {{ $v.vllm.port | quote }}
-- --dtype
-- {{ default "float32" $model.dtype | quote }}
-- --max-model-len
-- {{ int (default 2048 $model.max_model_len) | quote }}
-- --max-num-seqs
-- {{ int (default 64 $engine.max_num_seqs) | quote }}
-- --tensor-parallel-size
-- {{ int (default 1 .pool.tensorParallelSize) | quote }}
-{{- if eq (default "cpu" $engine.device) "cuda" }}
-- --gpu-memory-utilization
-- {{ default 0.9 $engine.gpu_memory_utilization | toString | quote }}
-{{- else }}
-- --block-size
-- "128"
-- --kv-cache-memory-bytes
-- {{ mulf (default 1 $engine.kv_cache_gib) 1073741824 | int64 | toString | quote }}
-{{- end }}
-{{- if $engine.max_num_batched_tokens }}
-- --max-num-batched-tokens
-- {{ int $engine.max_num_batched_tokens | quote }}
-{{- end }}
-{{- if (hasKey $engine "enforce_eager" | ternary $engine.enforce_eager true) }}
-- --enforce-eager
-{{- end }}
-{{- if include "pdserve.nixl" . }}
-{{- $lease := 30 }}{{ if hasKey $kv "block_lease_s" }}{{ $lease = $kv.block_lease_s }}{{ end }}
-{{- $extra := dict "kv_lease_duration" (max 1 (ceil $lease | int)) }}
-{{- $config := dict "kv_connector" "NixlConnector" "kv_role" "kv_both" "kv_buffer_device" (default "cpu" $kv.buffer_device) "kv_load_failure_policy" (default "recompute" $kv.kv_load_failure_policy) "kv_connector_extra_config" $extra }}
-- --kv-transfer-config
-- {{ toJson $config | quote }}
-{{- end }}
-{{- range (default list $engine.extra_args) }}
-- {{ . | quote }}
-{{- end }}
-{{- if gt (int (default 1 .pool.nodes)) 1 }}
-- --pipeline-parallel-size
-- {{ int .pool.nodes | quote }}
-- --distributed-executor-backend
-- ray
-{{- end }}
-{{- with $v.vllm.loadFormat }}
-- --load-format
-- {{ . | quote }}
-{{- end }}
-{{- range (default list .pool.extraArgs) }}
-- {{ . | quote }}
-{{- end }}
+{{/* The value after `.flag` in the list `.args`, "" when the flag is absent (reads the flags
+`pdserve render` wrote; the chart composes none). */}}
+{{- define "pdserve.flagValue" -}}
+{{- $found := false -}}
+{{- $value := "" -}}
+{{- range .args -}}
+{{- if $found -}}{{- $value = . -}}{{- $found = false -}}{{- end -}}
+{{- if eq . $.flag -}}{{- $found = true -}}{{- end -}}
+{{- end -}}
+{{- $value -}}
 {{- end -}}
 
-{{/* Where vLLM loads the model: a seeded checkpoint's directory in the model cache, or the
-profile's path (which must lie inside the model cache). */}}
-{{- define "pdserve.modelPath" -}}
-{{- $source := .Values.profile.model.source -}}
-{{- if has $source (list "tiny" "small") -}}
-{{- printf "%s/%s" .Values.modelCache.mountPath $source -}}
-{{- else -}}
-{{- $source -}}
+{{/* A pool's vLLM server, from `pdserve render`: checked against the chart keys that size and
+expose its pod. Args: dict "root" $ "name" <pool> "pool" <values>. */}}
+{{- define "pdserve.vllmServer" -}}
+{{- $server := required (printf "pools.%s.vllm: missing; write the values with `pdserve render`" .name) .pool.vllm -}}
+{{- $args := concat $server.args (default list .pool.extraArgs) -}}
+{{- $rerender := "edit the profile and run `pdserve render` again" -}}
+{{- $port := include "pdserve.flagValue" (dict "args" $args "flag" "--port") -}}
+{{- if ne $port (toString .root.Values.vllm.port) -}}
+{{- fail (printf "pools.%s.vllm.args serve on --port %s but vllm.port is %v: %s" .name $port .root.Values.vllm.port $rerender) -}}
 {{- end -}}
+{{- $ranks := include "pdserve.flagValue" (dict "args" $args "flag" "--tensor-parallel-size") -}}
+{{- if ne $ranks (toString (int (default 1 .pool.tensorParallelSize))) -}}
+{{- fail (printf "pools.%s.vllm.args have --tensor-parallel-size %s but tensorParallelSize is %v: %s" .name $ranks (default 1 .pool.tensorParallelSize) $rerender) -}}
+{{- end -}}
+{{- $nodes := int (default 1 .pool.nodes) -}}
+{{- if and (gt $nodes 1) (ne (include "pdserve.flagValue" (dict "args" $args "flag" "--pipeline-parallel-size")) (toString $nodes)) -}}
+{{- fail (printf "pools.%s.nodes: %d needs vLLM to span the nodes: add --pipeline-parallel-size %d --distributed-executor-backend ray to pools.%s.extraArgs" .name $nodes $nodes .name) -}}
+{{- end -}}
+{{- toJson (dict "command" $server.command "args" $args "env" (default list $server.env)) -}}
 {{- end -}}
 
 {{- define "pdserve.modelCacheVolume" -}}
@@ -192,4 +212,36 @@ profile's path (which must lie inside the model cache). */}}
   persistentVolumeClaim:
     claimName: {{ .Values.modelCache.claimName }}
 {{- end }}
+{{- end -}}
+
+{{/* The seeded checkpoints init containers write into the model cache (modelCache.seed: one
+name, a list, or null), as a JSON list. */}}
+{{- define "pdserve.seeds" -}}
+{{- $seed := .Values.modelCache.seed -}}
+{{- if kindIs "string" $seed }}{{ $seed = list $seed }}{{ end -}}
+{{- toJson (default list $seed) -}}
+{{- end -}}
+
+{{/* The source of the model a pool serves (Profile.model_for): the profile's model, or the
+entry of profile.models its `model` names. Args: dict "root" $ "pool" <values>. A source left
+out is the profile's default, tiny. */}}
+{{- define "pdserve.poolSource" -}}
+{{- $profile := .root.Values.profile -}}
+{{- $served := $profile.model -}}
+{{- $name := default $profile.model.name .pool.model -}}
+{{- range (default list $profile.models) }}{{ if eq .name $name }}{{ $served = . }}{{ end }}{{ end -}}
+{{- default "tiny" $served.source -}}
+{{- end -}}
+
+{{/* The seeded LoRA adapter sources (`seeded:<base>/<name>[@<rank>]`) of the model a pool
+serves, as a JSON list: its pods write them into the model cache, where `pdserve render` points
+vLLM's --lora-modules and the gateway's on-demand loads. Args: dict "root" $ "pool" <values>. */}}
+{{- define "pdserve.poolAdapterSeeds" -}}
+{{- $profile := .root.Values.profile -}}
+{{- $served := $profile.model -}}
+{{- $name := default $profile.model.name .pool.model -}}
+{{- range (default list $profile.models) }}{{ if eq .name $name }}{{ $served = . }}{{ end }}{{ end -}}
+{{- $seeds := list -}}
+{{- range (default list $served.adapters) }}{{ if hasPrefix "seeded:" .source }}{{ $seeds = append $seeds .source }}{{ end }}{{ end -}}
+{{- toJson $seeds -}}
 {{- end -}}
