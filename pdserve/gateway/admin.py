@@ -9,20 +9,18 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from pdserve import profile as profiles
 from pdserve.gateway.auth import check_admin
-from pdserve.gateway.errors import OpenAIError, error_response
+from pdserve.gateway.errors import OpenAIError
 from pdserve.gateway.openai_api import gateway_of
 from pdserve.gateway.openapi import PROFILE_NAME_PATTERN
 from pdserve.policies.types import ScaleDecision
 from pdserve.pools.interface import GatewayPools
 from pdserve.pools.switch import SwitchInProgress
 from pdserve.pools.views import PoolView, ReplicaView
-
-router = APIRouter(prefix="/admin")
 
 PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 
@@ -74,15 +72,16 @@ def pools_view(manager: GatewayPools, now: float) -> dict[str, Any]:
 
 
 def _authorized(request: Request) -> None:
+    """Every admin route's first step (the router's dependency): an OpenAIError (401/403) is
+    answered by the app's handler in the OpenAI error shape."""
     check_admin(gateway_of(request).auth, request.headers.get("authorization"))
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(_authorized)])
 
 
 @router.get("/pools")
 async def get_pools(request: Request) -> Response:
-    try:
-        _authorized(request)
-    except OpenAIError as exc:
-        return error_response(exc)
     return JSONResponse(pools_view(gateway_of(request).manager, time.monotonic()))
 
 
@@ -90,10 +89,6 @@ async def get_pools(request: Request) -> Response:
 async def get_demand(request: Request) -> Response:
     """This gateway's held and diverted demand per pool: the leader of several gateways
     polls it, since only the leader's autoscaler runs (`pools.peers`)."""
-    try:
-        _authorized(request)
-    except OpenAIError as exc:
-        return error_response(exc)
     demand = gateway_of(request).manager.local_demand()
     return JSONResponse({name: asdict(held) for name, held in demand.items()})
 
@@ -109,10 +104,6 @@ def profile_view(manager: GatewayPools) -> dict[str, Any]:
 
 @router.get("/profile")
 async def get_profile(request: Request) -> Response:
-    try:
-        _authorized(request)
-    except OpenAIError as exc:
-        return error_response(exc)
     return JSONResponse(profile_view(gateway_of(request).manager))
 
 
@@ -155,24 +146,17 @@ async def _requested_profile(request: Request) -> profiles.Profile:
 @router.put("/profile")
 async def put_profile(request: Request) -> Response:
     manager = gateway_of(request).manager
+    new = await _requested_profile(request)
     try:
-        _authorized(request)
-        new = await _requested_profile(request)
         await manager.switch_profile(new)
     except SwitchInProgress as exc:
-        return error_response(OpenAIError(409, str(exc), "switch_in_progress"))
-    except OpenAIError as exc:
-        return error_response(exc)
+        raise OpenAIError(409, str(exc), "switch_in_progress") from None
     return JSONResponse(profile_view(manager), status_code=202)
 
 
 @router.get("/rollouts")
 async def get_rollouts(request: Request) -> Response:
     """Each rollout's weights, state, last step with its reason, and window figures."""
-    try:
-        _authorized(request)
-    except OpenAIError as exc:
-        return error_response(exc)
     return JSONResponse(gateway_of(request).rollouts.view())
 
 
@@ -201,18 +185,14 @@ def rollout_change(body: Any) -> tuple[float | None, str]:
 @router.post("/rollouts/{model}")
 async def post_rollout(request: Request, model: str) -> Response:
     rollouts = gateway_of(request).rollouts
-    try:
-        _authorized(request)
-        percent, reason = rollout_change(await _json_body(request))
-        if percent is None:
-            changed = rollouts.roll_back(model, reason)
-        else:
-            changed = rollouts.step(model, percent, reason)
-        if changed is None:
-            known = ", ".join(sorted(rollouts.current())) or "none"
-            raise OpenAIError(404, f"no rollout of {model!r}; rollouts: {known}", "not_found")
-    except OpenAIError as exc:
-        return error_response(exc)
+    percent, reason = rollout_change(await _json_body(request))
+    if percent is None:
+        changed = rollouts.roll_back(model, reason)
+    else:
+        changed = rollouts.step(model, percent, reason)
+    if changed is None:
+        known = ", ".join(sorted(rollouts.current())) or "none"
+        raise OpenAIError(404, f"no rollout of {model!r}; rollouts: {known}", "not_found")
     return JSONResponse(rollouts.view()[model])
 
 

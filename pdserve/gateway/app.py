@@ -21,7 +21,7 @@ from pdserve.actuators.local import LocalActuator
 from pdserve.actuators.static import StaticActuator
 from pdserve.gateway import admin, openai_api, openapi
 from pdserve.gateway.auth import AuthConfig
-from pdserve.gateway.errors import ERROR_TYPES, error_body
+from pdserve.gateway.errors import ERROR_TYPES, OpenAIError, error_body, error_response
 from pdserve.gateway.metrics import GatewayMetrics
 from pdserve.gateway.middleware import BodySizeLimit
 from pdserve.gateway.proxy import Forwarder
@@ -271,5 +271,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Any) -> Response:
         return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
 
+    async def openai_error(request: Request, exc: Any) -> Response:
+        return error_response(exc)  # raised by a route or its dependency (the admin auth)
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(OpenAIError, openai_error)

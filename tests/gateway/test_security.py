@@ -17,6 +17,7 @@ import yaml
 from fastapi import FastAPI
 
 from pdserve import disagg
+from pdserve.gateway import admin
 from pdserve.gateway.app import create_app
 from pdserve.gateway.server import bound_profile
 from tests.support import PROFILES
@@ -191,6 +192,12 @@ async def test_admin_api_needs_a_token_on_a_non_loopback_bind() -> None:
         assert (await client.put("/admin/profile", json={"name": "x"})).status_code == 401
     async with _bound("0.0.0.0", {"PDSERVE_ADMIN_TOKEN": ADMIN}) as client:
         assert (await client.get("/admin/pools")).status_code == 401
+        for route in admin.router.routes:  # every admin route, a new one included
+            for method in route.methods:
+                path = route.path.replace("{model}", "tiny")
+                answer = await client.request(method, path, json={"rollback": True})
+                assert answer.status_code == 401, (method, path, answer.text)
+                assert answer.json()["error"]["message"], answer.text  # the OpenAI shape
         assert (await client.get("/admin/pools", headers=token)).status_code == 200
     async with _bound("127.0.0.1", {}) as client:
         assert (await client.get("/admin/pools")).status_code == 200
