@@ -29,7 +29,7 @@ import yaml
 
 from pdserve.actuators.base import LaunchingActuator, ReplicaHandle
 from pdserve.pools.workerspec import SPEC_LABEL, worker_spec_key
-from pdserve.processes import KILL_WAIT_S, astop_tree, free_port
+from pdserve.processes import KILL_WAIT_S, alive, astop_tree, free_port
 from pdserve.profile import Profile
 
 PR_SET_PDEATHSIG = 1
@@ -83,11 +83,14 @@ class LocalActuator(LaunchingActuator[LocalReplica]):
 
     @staticmethod
     def _handle(replica: LocalReplica) -> ReplicaHandle:
-        alive = replica.process.returncode is None
-        if alive == replica.handle.alive:
+        # asyncio sets returncode only once its child watcher reaps the process: a killed
+        # worker reads alive for that while, its probe fails, and a request in that gap found
+        # the pool neither ready nor replaceable (503). A zombie counts as gone.
+        running = replica.process.returncode is None and alive(replica.process.pid)
+        if running == replica.handle.alive:
             return replica.handle
         h = replica.handle
-        return ReplicaHandle(h.id, h.pool, h.url, alive, h.started_at, h.labels)
+        return ReplicaHandle(h.id, h.pool, h.url, running, h.started_at, h.labels)
 
     async def close(self) -> None:
         await self.stop_all()
