@@ -168,7 +168,7 @@ class PoolManager:
             )
         await self.actuator.scale(pool.name, desired, [v.id for v in victims])
         for victim in victims:
-            pool.remove(victim.id)
+            self._remove(pool, victim.id)
 
     # --- the gateway's interface ----------------------------------------------------------
 
@@ -395,7 +395,13 @@ class PoolManager:
                 known.handle = handle
                 known.alive = handle.alive
         for replica_id in [rid for rid in pool.replicas if rid not in handles]:
-            pool.remove(replica_id)
+            self._remove(pool, replica_id)
+
+    def _remove(self, pool: Pool, replica_id: str) -> None:
+        """A replica gone: nothing it held (prefixes, adapters) is known any more; an id that
+        comes back (a restarted pod) starts from what it lists."""
+        pool.remove(replica_id)
+        self._adapters.forget(replica_id)
 
     def _note_startups(self, pool: Pool, now: float) -> None:
         for replica in pool.replicas.values():
@@ -415,4 +421,4 @@ class PoolManager:
             size = len(pool.members()) + len(dead)
             await self.actuator.scale(pool.name, size, [r.id for r in dead])
             for replica in dead:
-                pool.remove(replica.id)
+                self._remove(pool, replica.id)

@@ -70,3 +70,26 @@ async def test_a_pool_the_profile_no_longer_has_is_dropped_not_a_crash() -> None
     with pytest.raises(PoolDropped):  # a 503 where the caller does not re-plan
         await manager.acquire("prefill-of-an-older-profile")
     assert issubclass(PoolDropped, NoReplica)
+
+
+async def test_a_removed_replicas_adapters_are_forgotten() -> None:
+    """A replica scaled away leaves no residency behind: an id that comes back (a restarted pod)
+    would otherwise be credited with adapters it no longer holds."""
+    profile = one_pool_profile()
+    profile.pools["decode"].scaling.drain_timeout_s = 1
+    probes = Probes()
+    probes.healthy = True
+    manager = PoolManager(profile, MemoryActuator(), probes)
+    await manager.start()
+    try:
+        up = ScaleDecision("decode", 2, 1, "test: up")
+        await manager.scale_to(up)
+        await manager.refresh()
+        ids = list(manager.pools["decode"].replicas)
+        for rid in ids:
+            manager.adapter_residency.of(rid, ["pirate"])
+        await manager.scale_to(ScaleDecision("decode", 1, 2, "test: down"))
+        [kept] = manager.pools["decode"].replicas
+        assert manager.adapter_residency.holding("pirate") == {kept}
+    finally:
+        await manager.close()
