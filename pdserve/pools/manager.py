@@ -1,8 +1,9 @@
 """The pool manager: every pool's replicas, their health, hold queues, scaling and profile switch.
 
 The gateway asks it for a replica (`acquire`/`release`); the autoscaler reads `snapshot` and
-calls `scale_to`; a refresh loop keeps each replica's observations current from its actuator,
-/health and /metrics. Replica state is always derived (`pools.replica.replica_state`).
+calls `scale_to`; a refresh loop (`pools.refresh`) keeps each replica's observations current
+from its actuator, /health and /metrics. Replica state is always derived
+(`pools.replica.replica_state`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pdserve.pools.hold import NoReplica, Overloaded, PoolDropped, Refused
 from pdserve.pools.kv_proof import FaultObserver, KvProof
 from pdserve.pools.peers import HeldDemand, PeerDemand, PeerGateways, PeerPoller, local_demand
 from pdserve.pools.pool import Pool, drain_victims, wait_drained
+from pdserve.pools.refresh import Refresh
 from pdserve.pools.replica import Replica, ReplicaState, replica_state
-from pdserve.pools.scraper import ProbeClient, probe_adapters, probe_health, probe_metrics
+from pdserve.pools.scraper import ProbeClient
 from pdserve.pools.snapshot import PoolSnapshot
 from pdserve.pools.switch import ProfileSwitch
 from pdserve.pools.views import PoolView, pool_view, pool_work
@@ -70,6 +72,7 @@ class PoolManager:
         self.pools: dict[str, Pool] = {}
         self.switch = ProfileSwitch(self)
         self.admission = Admission(self)  # per-replica capacity, the hold queues, late binding
+        self.refreshing = Refresh(self)  # the refresh round: health, metrics, sync, replacement
         self._loop_task: asyncio.Task[None] | None = None
         self.kv_proof = KvProof(lambda: self.pools)  # did disaggregated requests pull their KV
         self._adapters = AdapterResidency()  # which LoRA adapters each replica holds
@@ -97,7 +100,7 @@ class PoolManager:
             self.pools[name] = pool
             await self.actuator.scale(name, pool.desired, [])
         await self.refresh()
-        self._loop_task = asyncio.create_task(self._refresh_loop())
+        self._loop_task = asyncio.create_task(self.refreshing.loop())
 
     async def close(self) -> None:
         await self.switch.cancel()
@@ -168,7 +171,7 @@ class PoolManager:
             )
         await self.actuator.scale(pool.name, desired, [v.id for v in victims])
         for victim in victims:
-            self._remove(pool, victim.id)
+            self.refreshing.remove(pool, victim.id)
 
     # --- the gateway's interface ----------------------------------------------------------
 
@@ -340,85 +343,8 @@ class PoolManager:
         """Begin a live switch to `new`; `SwitchInProgress` while another one is under way."""
         await self.switch.begin(new)
 
-    # --- keeping observations current -----------------------------------------------------
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.profile.gateway.metrics_interval_s)
-            try:
-                await self.refresh()
-            except Exception:  # the loop must outlive one bad round
-                log.exception("pool refresh failed")
+    # --- keeping observations current (pools.refresh) --------------------------------------
 
     async def refresh(self) -> None:
         """One round: sync with the actuator, probe every replica, replace dead ones."""
-        for pool in list(self.pools.values()):
-            await self._sync(pool)
-        probes = [self._probe(p, r) for p in self.pools.values() for r in p.replicas.values()]
-        await asyncio.gather(*probes)
-        now = self.clock()
-        for pool in list(self.pools.values()):
-            self._note_startups(pool, now)
-            self.admission.refreshed(pool)
-            await self._replace_dead(pool)
-        self.kv_proof.tick(now)
-        await self.switch.advance()
-
-    async def _probe(self, pool: Pool, replica: Replica) -> None:
-        """/health, then /metrics; a replica that just became ready takes held requests at
-        once, not after the rest of the round."""
-        if not replica.alive:
-            return
-        was_ready = replica_state(replica) is ReplicaState.ready
-        if await probe_health(self.client, replica):
-            if not was_ready and replica_state(replica) is ReplicaState.ready:
-                self.admission.refreshed(pool)
-            await probe_metrics(self.client, replica)
-            await self._learn_adapters(pool, replica)
-
-    async def _learn_adapters(self, pool: Pool, replica: Replica) -> None:
-        """What a replica of a model with adapters holds, from its /v1/models (one more GET)."""
-        if pool.name not in self.profile.pools or not self.profile.model_for(pool.name).adapters:
-            return
-        changes = self._adapters.changes(replica.id)
-        listed = await probe_adapters(self.client, replica)
-        if listed is not None:
-            self._adapters.learn(replica.id, listed, changes)
-
-    async def _sync(self, pool: Pool) -> None:
-        handles = {h.id: h for h in await self.actuator.replicas(pool.name)}
-        for replica_id, handle in handles.items():
-            known = pool.replicas.get(replica_id)
-            if known is None:
-                pool.replicas[replica_id] = Replica(handle=handle, alive=handle.alive)
-            else:
-                known.handle = handle
-                known.alive = handle.alive
-        for replica_id in [rid for rid in pool.replicas if rid not in handles]:
-            self._remove(pool, replica_id)
-
-    def _remove(self, pool: Pool, replica_id: str) -> None:
-        """A replica gone: nothing it held (prefixes, adapters) is known any more; an id that
-        comes back (a restarted pod) starts from what it lists."""
-        pool.remove(replica_id)
-        self._adapters.forget(replica_id)
-
-    def _note_startups(self, pool: Pool, now: float) -> None:
-        for replica in pool.replicas.values():
-            if replica.ever_healthy and replica.labels.get("startup") is None:
-                replica.labels["startup"] = "seen"
-                if replica.handle.started_at > 0:
-                    pool.startup_s = max(0.0, now - replica.handle.started_at)
-                    if self.on_startup is not None:
-                        self.on_startup(pool.name, pool.startup_s)
-
-    async def _replace_dead(self, pool: Pool) -> None:
-        dead = [r for r in pool.replicas.values() if not r.alive and not r.draining]
-        if not dead or pool.lock.locked():
-            return
-        async with pool.lock:
-            log.warning("pool %s: replacing dead replicas %s", pool.name, [r.id for r in dead])
-            size = len(pool.members()) + len(dead)
-            await self.actuator.scale(pool.name, size, [r.id for r in dead])
-            for replica in dead:
-                self._remove(pool, replica.id)
+        await self.refreshing.round()
