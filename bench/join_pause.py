@@ -36,7 +36,7 @@ import psutil
 
 from bench.compare_profiles import vllm_lock
 from bench.load import RequestResult, Target, send_one
-from pdserve.stack import stack
+from pdserve.stack import Stack, listening_ports, stack
 
 PROFILE = Path("bench/profiles/cpu-disaggregated-small.yaml")
 CHATS, CHAT_TOKENS, RUN_S = 4, 250, 80.0
@@ -45,8 +45,8 @@ WINDOW_S = 1.5  # either side of a long prompt's first token
 SPY_RATE_HZ = 50
 
 
-async def _drive(url: str) -> tuple[list[RequestResult], list[RequestResult], float]:
-    """Warm-up, then the chats and the long prompts; (chats, longs, t0)."""
+async def _drive(url: str) -> tuple[list[RequestResult], list[RequestResult]]:
+    """Warm-up, then the chats and the long prompts; (chats, longs)."""
     target = Target(url=url, model="small", request_timeout_s=600)
     async with httpx.AsyncClient() as client:
         for i in range(3):  # the pair's one-time costs (NIXL handshake, first allocations)
@@ -67,7 +67,7 @@ async def _drive(url: str) -> tuple[list[RequestResult], list[RequestResult], fl
                 longs.append(await send_one(client, target, "long", LONG_TOKENS, 16, 7000 + i))
 
         await asyncio.gather(long_prompts(), *(chat_stream(k) for k in range(CHATS)))
-    return chats, longs, t0
+    return chats, longs
 
 
 def gaps_at(chats: list[RequestResult]) -> list[tuple[float, float]]:
@@ -120,12 +120,13 @@ def busy_loops(n: int) -> Iterator[None]:
             p.wait()
 
 
-def decode_worker_pid(decode_port: int) -> int:
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if "vllm.entrypoints.openai.api_server" in " ".join(cmd) and str(decode_port) in cmd:
-            return int(proc.info["pid"])
-    raise RuntimeError(f"no vLLM server on port {decode_port}")
+def decode_worker_pid(running: Stack, decode_port: int) -> int:
+    """The stack's process that listens on the decode worker's port (its vLLM API server)."""
+    running.note_tree()
+    for pid, member in running.members.items():
+        if any(port == decode_port for _, port in listening_ports(member)):
+            return pid
+    raise RuntimeError(f"no process of the stack listens on port {decode_port}")
 
 
 def transfer_runs(speedscope: Path) -> list[float]:
@@ -152,12 +153,13 @@ def run(busy: int, spy: bool) -> dict[str, object]:
     with busy_loops(busy), stack(PROFILE, ready_timeout_s=420) as running:
         sampler = None
         if spy:
-            pid = decode_worker_pid(_decode_port(running.base_url, running.admin_headers()))
+            port = _decode_port(running.base_url, running.admin_headers())
+            pid = decode_worker_pid(running, port)
             command = [_py_spy(), "record", "--pid", str(pid)]
             command += ["--subprocesses", "--nonblocking", "--rate", str(SPY_RATE_HZ)]
             command += ["--format", "speedscope", "-o", str(spy_out)]
             sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        chats, longs, _ = asyncio.run(_drive(running.base_url))
+        chats, longs = asyncio.run(_drive(running.base_url))
         if sampler is not None:
             sampler.send_signal(2)  # SIGINT: py-spy writes its file and exits
             sampler.wait(60)
