@@ -110,6 +110,11 @@ class Cluster:
         _wait(lambda: httpx.get(f"{url}{probe}", timeout=2).status_code == 200, 90, f"{name} up")
         return url
 
+    def kill_gateways(self) -> None:
+        for process, _ in self.gateways.values():
+            process.kill()
+            process.wait(10)
+
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
 
@@ -140,9 +145,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             try:
                 yield running
             finally:
-                for process, _ in running.gateways.values():
-                    process.kill()
-                    process.wait(10)
+                running.kill_gateways()
     finally:
         for worker in workers:
             worker.kill()
@@ -253,9 +256,7 @@ def cold_cluster(tmp_path: Path) -> Iterator[Cluster]:
             try:
                 yield running
             finally:
-                for process, _ in running.gateways.values():
-                    process.kill()
-                    process.wait(10)
+                running.kill_gateways()
     finally:
         worker.kill()
         worker.wait(10)
