@@ -6,36 +6,19 @@ adds and removes a model without touching the other's replicas or losing a reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from pdserve.gateway.app import create_app
-from tests.support.gateway import gateway_profile, until, wait_ready
+from tests.support.gateway import gateway_profile, running_app, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 LONG = "Sphinx of black quartz, judge my vow. " * 5  # 185 tokens: long for tiny, short for tiny-b
 SHORT = "short prompt"
-
-
-@contextlib.asynccontextmanager
-async def gateway(name: str, autoscale: bool) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(gateway_profile(name), env={}, autoscale=autoscale)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway", timeout=60
-        ) as client:
-            await wait_ready(client)
-            manager = app.state.gateway.manager
-            await until(lambda: all(manager.ready_count(n) > 0 for n in manager.profile.pools), 60)
-            yield app, client
 
 
 def _body(model: str, prompt: str, max_tokens: int = 8, stream: bool = False) -> dict[str, object]:
@@ -49,7 +32,7 @@ def _members(app: FastAPI, pool: str) -> dict[str, str]:
 
 
 async def test_each_model_its_pools_threshold_listing_and_404() -> None:
-    async with gateway("gw-models-two", autoscale=False) as (app, client):
+    async with running_app("gw-models-two", autoscale=False) as (app, client):
         listed = (await client.get("/v1/models")).json()
         assert [card["id"] for card in listed["data"]] == ["tiny", "tiny-b"]
         routes = {}
@@ -75,7 +58,7 @@ async def test_each_model_its_pools_threshold_listing_and_404() -> None:
 
 
 async def test_each_models_pools_scale_on_their_own_load() -> None:
-    async with gateway("gw-models-two", autoscale=True) as (app, client):
+    async with running_app("gw-models-two", autoscale=True) as (app, client):
         manager = app.state.gateway.manager
 
         async def stream() -> None:
@@ -126,7 +109,7 @@ async def _switch(client: httpx.AsyncClient, name: str) -> None:
 
 
 async def test_live_switch_adds_and_removes_a_model_without_touching_the_other() -> None:
-    async with gateway("gw-models-one", autoscale=False) as (app, client):
+    async with running_app("gw-models-one", autoscale=False) as (app, client):
         manager = app.state.gateway.manager
         expected = {}
         for prompt in (SHORT, LONG):

@@ -40,10 +40,13 @@ async def until(condition: Callable[[], bool], timeout_s: float, poll_s: float =
 
 @contextlib.asynccontextmanager
 async def running_app(
-    name: str, env: Mapping[str, str] | None = None, tracing: Tracing | None = None
+    name: str,
+    env: Mapping[str, str] | None = None,
+    tracing: Tracing | None = None,
+    autoscale: bool = False,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The gateway app for tests/support/profiles/NAME.yaml, lifespan run, workers ready."""
-    app = create_app(gateway_profile(name), env=env or {}, autoscale=False, tracing=tracing)
+    app = create_app(gateway_profile(name), env=env or {}, autoscale=autoscale, tracing=tracing)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
